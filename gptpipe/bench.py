@@ -25,6 +25,7 @@ the warm-up steps too. Evaluation runs only at step 0 and at the end, outside th
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Sequence
@@ -89,6 +90,7 @@ class SideResult:
     model_flops: float  # the FLOPs the loss requires, flops.step_flops (same count for both sides)
     peak_flops: float
     step_tokens: list[int]  # real tokens of each timed step
+    step_seconds: list[float]  # wall time of each timed step
 
     @property
     def tokens_per_s(self) -> float:
@@ -102,8 +104,13 @@ class SideResult:
         return {**asdict(self), "tokens_per_s": round(self.tokens_per_s, 1), "mfu": round(self.mfu, 5)}
 
 
-def summed(side: str, steps: Sequence[Sequence[StepCount]], seconds: float, shape: flops.ModelShape, peak: float) -> SideResult:
-    """A side's timed steps (each a list of micro-batches) and their wall time, totalled."""
+def summed(
+    side: str, steps: Sequence[Sequence[StepCount]], marks: Sequence[float], shape: flops.ModelShape, peak: float
+) -> SideResult:
+    """A side's timed steps (each a list of micro-batches) and the clock marks around them, totalled."""
+    if len(marks) != len(steps) + 1:
+        raise ValueError(f"{side}: {len(marks)} clock marks for {len(steps)} steps")
+    step_seconds = [b - a for a, b in zip(marks, marks[1:])]
     counts = [c for step in steps for c in step]
     # MFU's numerator is the model FLOPs of the loss, charged identically for both sides: the body at
     # each real token and the LM head only at loss positions. HF computes the head at every padded
@@ -115,10 +122,11 @@ def summed(side: str, steps: Sequence[Sequence[StepCount]], seconds: float, shap
         tokens=sum(c.tokens for c in counts),
         padded_tokens=sum(c.padded_tokens for c in counts),
         loss_positions=sum(c.loss_positions for c in counts),
-        seconds=seconds,
+        seconds=marks[-1] - marks[0],
         model_flops=sum(flops.step_flops(shape, c.seq_lens, c.loss_positions) for c in counts),
         peak_flops=peak,
         step_tokens=[sum(c.tokens for c in step) for step in steps],
+        step_seconds=step_seconds,
     )
 
 
@@ -176,7 +184,8 @@ def as_example(feature: dict[str, list[int]]) -> LMExample:
 
 
 def gptpipe_count(micro_batch: Sequence[LMExample]) -> StepCount:
-    return StepCount([len(e) for e in micro_batch], sum(e.n_targets for e in micro_batch), max(map(len, micro_batch)))
+    lengths = [len(e) for e in micro_batch]
+    return StepCount(lengths, sum(e.n_targets for e in micro_batch), max(lengths))
 
 
 # -- loss parity ----------------------------------------------------------------------------------
@@ -194,7 +203,9 @@ class ParityRow:
     hf_loss_positions: int  # labels[:, 1:] != -100
 
 
-def loss_parity(gptpipe_model: PreTrainedModel, hf_model: PreTrainedModel, batches: Sequence[Sequence[LMExample]]) -> list[ParityRow]:
+def loss_parity(
+    gptpipe_model: PreTrainedModel, hf_model: PreTrainedModel, batches: Sequence[Sequence[LMExample]]
+) -> list[ParityRow]:
     """gptpipe's objective and HF's own loss, with their gradients, on identical batches.
 
     The two models must hold the same weights. Eval mode only switches dropout off (so the two
@@ -289,9 +300,9 @@ def run_gptpipe(
             LanguageModelling(model), plan, eval_sets, cfg, runtime,
             seed=seed, checkpoint=Path(tmp) / "bench.pt", shape=shape, desc="gptpipe",
         )
-    seconds = plan.starts[WARMUP_STEPS + timed_steps] - plan.starts[WARMUP_STEPS]
+    marks = plan.starts[WARMUP_STEPS : WARMUP_STEPS + timed_steps + 1]
     counts = plan.counts[WARMUP_STEPS : WARMUP_STEPS + timed_steps]
-    return summed("gptpipe", counts, seconds, shape, runtime.peak_flops), metrics
+    return summed("gptpipe", counts, marks, shape, runtime.peak_flops), metrics
 
 
 # -- HF's side: Trainer ---------------------------------------------------------------------------
@@ -355,12 +366,13 @@ def run_trainer(
         trainer.train()
     # The collator sees the batches in training order (the loader may build one ahead, never out of
     # order), so its records cut into steps of grad_accum_steps micro-batches are the trained steps.
-    steps = [range(i, i + cfg.grad_accum_steps) for i in range(0, cfg.max_steps * cfg.grad_accum_steps, cfg.grad_accum_steps)]
+    per_step = cfg.grad_accum_steps
+    steps = [range(s * per_step, (s + 1) * per_step) for s in range(cfg.max_steps)]
     counts = [[collator.counts[i] for i in step] for step in steps]
     trained = [[collator.batches[i] for i in step] for step in steps]
-    seconds = clock.ends[WARMUP_STEPS + timed_steps - 1] - clock.ends[WARMUP_STEPS - 1]
+    marks = clock.ends[WARMUP_STEPS - 1 : WARMUP_STEPS + timed_steps]  # the end of step 2 starts step 3
     timed = counts[WARMUP_STEPS : WARMUP_STEPS + timed_steps]
-    return summed("hf-trainer", timed, seconds, shape, runtime.peak_flops), trained
+    return summed("hf-trainer", timed, marks, shape, runtime.peak_flops), trained
 
 
 # -- the comparison -------------------------------------------------------------------------------
@@ -387,6 +399,11 @@ def compare_with_trainer(params: Params, tokenized: Path, steps: int) -> dict[st
         "hf": theirs.report(),
         "ratio": round(ours.tokens_per_s / theirs.tokens_per_s, 3),
         "same_step_tokens": ours.step_tokens == theirs.step_tokens,
+        # The same batch step by step, so a per-step ratio is meaningful; its median shrugs off a
+        # step slowed by another process on a shared machine, which the total does not.
+        "median_step_ratio": round(statistics.median(
+            h / g for g, h in zip(ours.step_seconds, theirs.step_seconds, strict=True)
+        ), 3),
         # train()'s own figure: its timer covers every step, the warm-up ones included.
         "gptpipe_loop_timer_tokens_per_s": loop_metrics["tokens_per_s"],
         "loss_parity": {
@@ -450,7 +467,8 @@ def format_table(result: dict[str, Any]) -> str:
             f"{r['tokens_per_s']:>9.0f} {100 * r['mfu']:>6.2f}"
         )
     lines += [
-        f"ratio gptpipe/HF tokens/s: {result['ratio']:.2f}x "
+        f"ratio gptpipe/HF tokens/s: {result['ratio']:.2f}x, median per-step ratio "
+        f"{result['median_step_ratio']:.2f}x "
         f"(identical batches: same real tokens in every timed step {result['same_step_tokens']})",
         f"loss parity on {parity['batches']} identical batches: max relative diff "
         f"{parity['max_relative_diff']:.2e} (gradients {parity['max_grad_relative_diff']:.2e}); "

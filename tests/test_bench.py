@@ -108,7 +108,10 @@ def test_both_sides_time_the_same_steps_after_warmup(tokenized: Path, capsys: py
     assert ours["step_tokens"] == theirs["step_tokens"]
     assert ours["loss_positions"] == theirs["loss_positions"]
     assert ours["model_flops"] == theirs["model_flops"]  # one FLOPs count for both MFUs
-    assert ours["seconds"] > 0 and theirs["seconds"] > 0
+    assert len(ours["step_seconds"]) == len(theirs["step_seconds"]) == 3
+    assert ours["seconds"] == pytest.approx(sum(ours["step_seconds"]))
+    assert theirs["seconds"] == pytest.approx(sum(theirs["step_seconds"]))
+    assert min(ours["step_seconds"] + theirs["step_seconds"]) > 0
     assert result["ratio"] == pytest.approx(ours["tokens_per_s"] / theirs["tokens_per_s"], rel=1e-2)
     assert result["loss_parity"]["max_relative_diff"] < 1e-5
     assert "ratio gptpipe/HF" in capsys.readouterr().out
