@@ -43,6 +43,17 @@ class Batch:
     n_tokens: int  # real (non-pad) tokens
     seq_lens: list[int]
 
+    @property
+    def head_positions(self) -> int:
+        """Positions the LM head is applied at (for the FLOP count): the counted ones."""
+        return self.weight
+
+    def to(self, device: torch.device) -> Batch:
+        if device.type != "cpu":
+            for name in ("input_ids", "attention_mask", "labels"):
+                setattr(self, name, getattr(self, name).to(device, non_blocking=True))
+        return self
+
 
 def lm_examples(table: pa.Table, loss_on: str, responses: Sequence[str]) -> list[LMExample]:
     """Prompt + response sequences from a tokenized split.
@@ -81,6 +92,77 @@ def collate(examples: Sequence[LMExample]) -> Batch:
     )
 
 
+# -- preference pairs: one prompt, a chosen and a rejected response (reward models, DPO) ----------
+
+
+@dataclass(frozen=True)
+class PairExample:
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+    # Reference-model log-probs of each response (DPO's cached reference), when computed.
+    ref_chosen: float | None = None
+    ref_rejected: float | None = None
+
+    def __len__(self) -> int:
+        # Tokens a step processes for this pair (the prompt goes through once per response): what
+        # the length bucketing should balance.
+        return 2 * len(self.prompt) + len(self.chosen) + len(self.rejected)
+
+
+@dataclass
+class PairBatch:
+    """Chosen sequences in rows [0, B), rejected in [B, 2B): one forward pass scores both."""
+
+    input_ids: torch.Tensor  # (2B, T), right-padded prompt + response
+    attention_mask: torch.Tensor  # (2B, T)
+    labels: torch.Tensor  # (2B, T): response tokens; IGNORE on prompt and padding
+    ref_logps: torch.Tensor | None  # (2B,) cached reference log-probs, same row order
+    weight: int  # pairs: preference losses are means over pairs
+    n_tokens: int
+    seq_lens: list[int]
+    response_tokens: int
+
+    @property
+    def n_pairs(self) -> int:
+        return self.weight
+
+    @property
+    def head_positions(self) -> int:
+        return self.response_tokens
+
+    def to(self, device: torch.device) -> PairBatch:
+        if device.type != "cpu":
+            for name in ("input_ids", "attention_mask", "labels", "ref_logps"):
+                value = getattr(self, name)
+                if value is not None:
+                    setattr(self, name, value.to(device, non_blocking=True))
+        return self
+
+
+def pair_examples(table: pa.Table, ref: Sequence[tuple[float, float]] | None = None) -> list[PairExample]:
+    """Preference pairs of a tokenized split, with the reference log-probs (chosen, rejected) if given."""
+    columns = [table.column(c).to_pylist() for c in ("prompt_ids", "chosen_ids", "rejected_ids")]
+    if ref is not None and len(ref) != table.num_rows:
+        raise ValueError(f"{len(ref)} reference log-prob pairs for {table.num_rows} pairs")
+    return [
+        PairExample(p, c, r, *(ref[i] if ref is not None else (None, None)))
+        for i, (p, c, r) in enumerate(zip(*columns, strict=True))
+    ]
+
+
+def collate_pairs(examples: Sequence[PairExample]) -> PairBatch:
+    sequences = [LMExample(e.prompt + e.chosen, len(e.prompt)) for e in examples]
+    sequences += [LMExample(e.prompt + e.rejected, len(e.prompt)) for e in examples]
+    lm = collate(sequences)
+    cached = [e.ref_chosen for e in examples] + [e.ref_rejected for e in examples]
+    ref = None if any(v is None for v in cached) else torch.tensor(cached, dtype=torch.float32)
+    return PairBatch(
+        input_ids=lm.input_ids, attention_mask=lm.attention_mask, labels=lm.labels, ref_logps=ref,
+        weight=len(examples), n_tokens=lm.n_tokens, seq_lens=lm.seq_lens, response_tokens=lm.weight,
+    )
+
+
 def epoch_plan(
     lengths: Sequence[int], batch_size: int, micro_batch_size: int, seed: int, epoch: int
 ) -> list[list[list[int]]]:
@@ -103,9 +185,9 @@ def epoch_plan(
 
 
 class StepPlan:
-    """Step number → micro-batches of examples, across epochs."""
+    """Step number → micro-batches of examples (LMExample or PairExample), across epochs."""
 
-    def __init__(self, examples: Sequence[LMExample], batch_size: int, micro_batch_size: int, seed: int):
+    def __init__(self, examples: Sequence[LMExample | PairExample], batch_size: int, micro_batch_size: int, seed: int):
         if len(examples) < batch_size:
             raise ValueError(
                 f"batch_size: {batch_size} exceeds the {len(examples)} training sequences"
@@ -127,7 +209,7 @@ class StepPlan:
         return [[self.examples[i] for i in micro] for micro in self._steps[index]]
 
 
-def eval_sample(examples: Sequence[LMExample], n: int, seed: int) -> list[LMExample]:
+def eval_sample(examples: Sequence, n: int, seed: int) -> list:
     """A fixed random sample (the same at every evaluation), sorted by length to pad little."""
     rng = random.Random(f"eval-{seed}")
     picked = rng.sample(range(len(examples)), min(n, len(examples)))

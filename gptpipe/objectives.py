@@ -1,6 +1,8 @@
-"""Losses, each an nn.Module around the model(s) it trains: the training loop calls `objective(batch)`
-and gets back (summed loss, stats). The loop divides by the step's total weight, so the loss is a mean
-over the whole step however it is cut into micro-batches.
+"""Losses, each an nn.Module around the model(s) it trains: the training loop calls
+`objective.collate(examples)` to build a batch and `objective(batch)` to get back (summed loss, stats).
+The loop divides by the step's total weight, so the loss is a mean over the whole step however it is
+cut into micro-batches. Stats are sums too (e.g. correctly ordered pairs); evaluation divides them by
+the same weight.
 
 Wrapping the model in its objective is what lets DDP see one module whose forward computes the
 loss (DDP's gradient hooks need the forward to go through the wrapper).
@@ -11,10 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
-from gptpipe.batches import IGNORE, Batch
-from gptpipe.lm_head import linear_cross_entropy
+from gptpipe.batches import IGNORE, Batch, collate
+from gptpipe.lm_head import CHUNK_ROWS, linear_cross_entropy
 
 
 class LanguageModelling(nn.Module):
@@ -23,6 +26,8 @@ class LanguageModelling(nn.Module):
     The LM head is applied only where the loss is counted: in a small GPT-2 the 50,257-way head is
     most of the compute, and on SFT data most positions are prompt tokens whose logits are unused.
     """
+
+    collate = staticmethod(collate)
 
     def __init__(self, model: PreTrainedModel):
         super().__init__()
@@ -40,3 +45,36 @@ class LanguageModelling(nn.Module):
             return F.cross_entropy(logits.float(), targets[counted], reduction="sum"), {}
         loss_sum = linear_cross_entropy(hidden[:, :-1][counted], head.weight, targets[counted])
         return loss_sum, {}
+
+
+def response_logprobs(model: PreTrainedModel, batch) -> torch.Tensor:
+    """Σ log p(token | earlier tokens) over each row's labelled (response) tokens: (rows,).
+
+    The per-token log-probs go through the 50,257-way head in chunks of CHUNK_ROWS rows, each under
+    activation checkpointing: the chunk's logits are recomputed in the backward pass instead of kept,
+    so memory stays at one chunk (the price: the head's forward runs twice). Unlike the summed loss of
+    `linear_cross_entropy`, preference losses weight every sequence differently, so the gradient per
+    row is not known in the forward pass and cannot be folded in early.
+    """
+    hidden = model.base_model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+    ).last_hidden_state
+    targets = batch.labels[:, 1:]
+    counted = targets != IGNORE
+    rows = torch.arange(targets.shape[0], device=targets.device).unsqueeze(1).expand_as(targets)[counted]
+    h, t = hidden[:, :-1][counted], targets[counted]
+    head = model.get_output_embeddings()
+    pieces = []
+    for start in range(0, h.shape[0], CHUNK_ROWS):
+        chunk = (h[start : start + CHUNK_ROWS], t[start : start + CHUNK_ROWS])
+        if torch.is_grad_enabled() and h.requires_grad:
+            pieces.append(checkpoint(_token_logprobs, *chunk, head.weight, head.bias, use_reentrant=False))
+        else:
+            pieces.append(_token_logprobs(*chunk, head.weight, head.bias))
+    token_logps = torch.cat(pieces) if pieces else h.new_zeros(0)
+    return torch.zeros(targets.shape[0], dtype=torch.float32, device=h.device).index_add(0, rows, token_logps)
+
+
+def _token_logprobs(h: torch.Tensor, t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    logits = F.linear(h, weight, bias).float()
+    return -F.cross_entropy(logits, t, reduction="none")

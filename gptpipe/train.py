@@ -1,5 +1,5 @@
-"""The one training loop: base pretraining, SFT (and later DPO and reward models) differ only in the
-objective module and the examples fed to it.
+"""The one training loop: base pretraining, SFT, reward models and DPO differ only in the objective
+module (its loss and its `collate`) and the examples fed to it.
 
 Read top to bottom, `train()` is the whole run: resume or start, then per step: schedule, evaluate and
 checkpoint when due, accumulate gradients over the step's micro-batches, clip, update. Everything below
@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from gptpipe import flops
-from gptpipe.batches import Batch, LMExample, StepPlan, collate
+from gptpipe.batches import StepPlan
 from gptpipe.config import SharedConfig, TrainConfig
 from gptpipe.files import atomic_path
 from gptpipe.optim import build_optimizer, learning_rate, memory_split, theoretical_state_bytes
@@ -76,7 +76,7 @@ def make_runtime(shared: SharedConfig) -> Runtime:
 def train(
     objective: nn.Module,
     plan: StepPlan,
-    eval_sets: dict[str, Sequence[LMExample]],
+    eval_sets: dict[str, Sequence],
     cfg: TrainConfig,
     runtime: Runtime,
     *,
@@ -102,22 +102,26 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         if (state.step % cfg.eval_every == 0 or last) and not _logged(state):
-            losses = {name: estimate_loss(objective, examples, cfg, runtime) for name, examples in eval_sets.items()}
-            state.rows.append(_row(state, lr, losses))
-            bar.set_postfix({f"{k}_loss": f"{v:.3f}" for k, v in losses.items()})
+            figures = {
+                f"{name}_{key}": value
+                for name, examples in eval_sets.items()
+                for key, value in evaluate(objective, examples, cfg, runtime).items()
+            }
+            state.rows.append(_row(state, lr, figures))
+            bar.set_postfix({k: f"{v:.3f}" for k, v in figures.items() if k.endswith("_loss")})
         if last:
             break
         if state.step % cfg.checkpoint_every == 0 and state.step > 0 and runtime.is_main:
             save_checkpoint(checkpoint, objective, optimizer, state)
         # -- the step --
         timer.start()
-        micro_batches = [collate(m) for m in plan.micro_batches(state.step)]
+        micro_batches = [objective.collate(m) for m in plan.micro_batches(state.step)]
         step_weight = sum(b.weight for b in micro_batches)  # the loss is a mean over the whole step
         mine = micro_batches[runtime.rank :: runtime.world_size]
         for i, batch in enumerate(mine):
             sync = i == len(mine) - 1  # DDP all-reduces gradients on the step's last micro-batch only
             with _no_sync(net, sync), _autocast(runtime):
-                loss_sum, _ = net(_to(batch, runtime.device))
+                loss_sum, _ = net(batch.to(runtime.device))
             # DDP averages gradients over ranks; scaling by world_size makes that a sum.
             (loss_sum * runtime.world_size / step_weight).backward()
         grad_norm = _clip(objective, cfg.grad_clip)
@@ -127,7 +131,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         # -- diagnostics only below this line --
         state.tokens += sum(b.n_tokens for b in micro_batches)
-        step_flops = sum(flops.step_flops(shape, b.seq_lens, b.weight) for b in micro_batches)
+        step_flops = sum(flops.step_flops(shape, b.seq_lens, b.head_positions) for b in micro_batches)
         state.flops += step_flops
         timer.stop(sum(b.n_tokens for b in micro_batches), step_flops)
         state.step += 1
@@ -151,21 +155,25 @@ def scheduled_lr(cfg: TrainConfig, step: int) -> float:
 
 
 @torch.no_grad()
-def estimate_loss(
-    objective: nn.Module, examples: Sequence[LMExample], cfg: TrainConfig, runtime: Runtime
-) -> float:
-    """Mean loss per counted token over a fixed sample (sorted by length, so little padding)."""
+def evaluate(objective: nn.Module, examples: Sequence, cfg: TrainConfig, runtime: Runtime) -> dict[str, float]:
+    """Mean loss (per counted token, or per pair) and the objective's stats over a fixed sample."""
     was_training = objective.training
     objective.eval()
-    total, weight = 0.0, 0
+    sums: dict[str, float] = {"loss": 0.0}
+    weight = 0
     for start in range(0, len(examples), cfg.micro_batch_size):
-        batch = collate(examples[start : start + cfg.micro_batch_size])
+        batch = objective.collate(examples[start : start + cfg.micro_batch_size])
         with _autocast(runtime):
-            loss_sum, _ = objective(_to(batch, runtime.device))
-        total += loss_sum.item()
+            loss_sum, stats = objective(batch.to(runtime.device))
+        for key, value in {"loss": loss_sum, **stats}.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
         weight += batch.weight
     objective.train(was_training)
-    return total / weight
+    return {key: total / weight for key, total in sums.items()}
+
+
+def estimate_loss(objective: nn.Module, examples: Sequence, cfg: TrainConfig, runtime: Runtime) -> float:
+    return evaluate(objective, examples, cfg, runtime)["loss"]
 
 
 # -- checkpoints: model, optimizer, step, RNG and the log so far; temp file, then rename --------
@@ -231,15 +239,6 @@ def _autocast(runtime: Runtime) -> contextlib.AbstractContextManager:
     return torch.autocast(runtime.device.type, dtype=runtime.autocast_dtype)
 
 
-def _to(batch: Batch, device: torch.device) -> Batch:
-    if device.type == "cpu":
-        return batch
-    batch.input_ids = batch.input_ids.to(device, non_blocking=True)
-    batch.attention_mask = batch.attention_mask.to(device, non_blocking=True)
-    batch.labels = batch.labels.to(device, non_blocking=True)
-    return batch
-
-
 def _clip(objective: nn.Module, max_norm: float) -> float:
     params = [p for p in objective.parameters() if p.grad is not None]
     if max_norm > 0:
@@ -251,14 +250,11 @@ def _logged(state: RunState) -> bool:
     return bool(state.rows) and state.rows[-1]["step"] == state.step
 
 
-def _row(state: RunState, lr: float, losses: dict[str, float]) -> dict[str, Any]:
-    return {
-        "step": state.step,
-        "tokens": state.tokens,
-        "flops": state.flops,
-        "lr": lr,
-        **{f"{name}_loss": loss for name, loss in losses.items()},
-    }
+ROW_KEYS = ("step", "tokens", "flops", "lr")
+
+
+def _row(state: RunState, lr: float, figures: dict[str, float]) -> dict[str, Any]:
+    return {"step": state.step, "tokens": state.tokens, "flops": state.flops, "lr": lr, **figures}
 
 
 class _Timer:
@@ -298,7 +294,7 @@ def _summary(
         "steps": state.step,
         "tokens": state.tokens,
         "flops": state.flops,
-        **{k: v for k, v in final.items() if k.endswith("_loss")},
+        **{k: v for k, v in final.items() if k not in ROW_KEYS},
         "trainable_parameters": n_trainable,
         "tokens_per_s": round(timer.tokens_per_s, 1),
         "mfu": round(flops.mfu(flops_per_s, runtime.peak_flops), 5),
