@@ -168,6 +168,61 @@ class LoraConfig(Section):
         return self
 
 
+class RewardConfig(TrainConfig):
+    """The reward model (the reward stage) and how it scores: its training knobs are TrainConfig's."""
+
+    # trained: a GPT-2 reward model trained here on the train pairs (Bradley-Terry), initialised from
+    # models/base with a scalar head; hf: an AutoModelForSequenceClassification by hub id or folder.
+    backend: Literal["trained", "hf"] = "trained"
+    # hf backend: hub id or absolute save_pretrained folder (with its tokenizer); it takes
+    # (prompt, response) as a text pair and returns one logit.
+    name: str = "OpenAssistant/reward-model-deberta-v3-large-v2"
+    score_batch_size: PositiveInt = 32  # sequences per scoring forward pass
+    hf_max_length: PositiveInt = 512  # hf backend: its tokenizer truncates the text pair to this
+
+
+class FilterConfig(Section):
+    # Train pairs the SFT stage trains on: the top `size` by `by` (null = all of them). `random`
+    # draws `size` pairs at random (seeded): the control that separates quality from quantity.
+    size: PositiveInt | None = None
+    by: Literal["chosen_reward", "margin", "random"] = "chosen_reward"
+
+
+class DpoConfig(TrainConfig):
+    """DPO (Rafailov et al. 2023) from models/sft; its training knobs are TrainConfig's."""
+
+    beta: PositiveFloat = 0.1
+    # sigmoid: DPO; ipo: (h - 1/(2 beta))^2 on summed log-ratios (Azar et al. 2023).
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    # Conservative DPO: the preference label is flipped with this probability (sigmoid loss only).
+    label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
+    # cached: reference log-probs computed once before training (the reference is then freed);
+    # live: the frozen reference runs beside the policy every step.
+    reference: Literal["cached", "live"] = "cached"
+    lora: LoraConfig = LoraConfig()
+
+    @model_validator(mode="after")
+    def _smoothing_is_for_sigmoid(self) -> DpoConfig:
+        if self.label_smoothing and self.loss != "sigmoid":
+            raise ValueError(f"label_smoothing: {self.label_smoothing} applies to loss 'sigmoid' only")
+        return self
+
+
+class GenerateConfig(Section):
+    models: tuple[Literal["base", "sft", "dpo"], ...] = ("base", "sft", "dpo")  # which answer
+    n_prompts: PositiveInt = 200  # a fixed sample of test prompts
+    seed: NonNegativeInt = 0  # picks the prompts and seeds the sampling
+    max_new_tokens: PositiveInt = 64
+    temperature: Annotated[float, Field(ge=0)] = 0.7  # 0 = greedy
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.9
+    top_k: NonNegativeInt = 0  # 0 = off
+    batch_size: PositiveInt = 32
+
+
+class EvaluateConfig(Section):
+    confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95  # of the mean reward's interval
+
+
 class ScalingConfig(Section):
     # Shapes to compare: "<n_layer>x<n_embd>" built from scratch (heads of head_dim), or hub names
     # (gpt2, gpt2-medium, gpt2-large, gpt2-xl) fine-tuned from their weights (model.init: pretrained).
@@ -197,6 +252,12 @@ class Params(Section):
     # Supervised fine-tuning on prompt → chosen response.
     train: TrainConfig = TrainConfig()
     lora: LoraConfig = LoraConfig()
+    # The reward model: trained here (Bradley-Terry) or a hub classifier; it scores and evaluates.
+    reward: RewardConfig = RewardConfig(lr=1e-3, max_steps=150, eval_every=25)
+    filter: FilterConfig = FilterConfig()
+    dpo: DpoConfig = DpoConfig(lr=1e-4, max_steps=100, eval_every=20, checkpoint_every=50)
+    generate: GenerateConfig = GenerateConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     # The compute-optimal study: isoFLOP profiles over model sizes (the scaling stage).
     scaling: ScalingConfig = ScalingConfig()
 
