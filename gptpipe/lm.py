@@ -38,30 +38,37 @@ def run_base(params: Params, tokenized: Path, out: Path, metrics_path: Path, plo
     """models/base: hub GPT-2 as it is, or a scratch GPT-2 pretrained on the training dialogues."""
     runtime = make_runtime(params.shared)
     cfg = params.base
-    tables = _read_tables(tokenized)
+    tables = read_tables(tokenized)
     # Pretraining reads dialogues as web text does: the good and the bad answers alike.
     data = {name: lm_examples(t, cfg.loss_on, ("chosen", "rejected")) for name, t in tables.items()}
     if params.model.init == "pretrained":
         model = load_pretrained(params.model.name)
         return _measure_only(model, data, cfg, runtime, params, out, metrics_path, plots_dir)
     model = build_scratch(params.model, params.shared.seed)
-    key = _run_key("base", params, [tokenized / "train.arrow", tokenized / "test.arrow"])
+    key = run_key("base", params, [tokenized / "train.arrow", tokenized / "test.arrow"])
     return _fit(model, data, cfg, runtime, params, key, out, metrics_path, plots_dir, "base")
 
 
-def run_sft(params: Params, tokenized: Path, base: Path, out: Path, metrics_path: Path, plots_dir: Path) -> dict:
-    """models/sft: the base model fine-tuned on prompt → chosen response."""
+def run_sft(
+    params: Params, tokenized: Path, base: Path, out: Path, metrics_path: Path, plots_dir: Path,
+    train_pairs: Path | None = None,
+) -> dict:
+    """models/sft: the base model fine-tuned on prompt → chosen response.
+
+    train_pairs: the train pairs to fine-tune on (the filter stage's subset); default all of them.
+    """
     runtime = make_runtime(params.shared)
     cfg = params.train
-    tables = _read_tables(tokenized)
+    train_pairs = train_pairs or tokenized / "train.arrow"
+    tables = {"train": read_arrow(train_pairs), "test": read_arrow(tokenized / "test.arrow")}
     data = {name: lm_examples(t, cfg.loss_on, ("chosen",)) for name, t in tables.items()}
     model = load_model(base)
     if params.lora.rank:
         torch.manual_seed(params.shared.seed)  # A's random init
         lora = params.lora
         apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, targets=lora.targets)
-    inputs = [tokenized / "train.arrow", tokenized / "test.arrow", *sorted(base.glob("*.safetensors"))]
-    key = _run_key("sft", params, inputs)
+    inputs = [train_pairs, tokenized / "test.arrow", *sorted(base.glob("*.safetensors"))]
+    key = run_key("sft", params, inputs)
     return _fit(model, data, cfg, runtime, params, key, out, metrics_path, plots_dir, "sft")
 
 
@@ -140,11 +147,11 @@ def _write_outputs(rows: Sequence[dict], metrics: dict, metrics_path: Path, plot
     write_json(metrics_path, metrics)
 
 
-def _read_tables(tokenized: Path) -> dict:
+def read_tables(tokenized: Path) -> dict:
     return {split: read_arrow(tokenized / f"{split}.arrow") for split in ("train", "test")}
 
 
-def _run_key(stage: str, params: Params, inputs: Sequence[Path]) -> str:
+def run_key(stage: str, params: Params, inputs: Sequence[Path]) -> str:
     """A hash of what determines the run: a checkpoint of other params or inputs is never resumed."""
     digest = hashlib.sha256(stage.encode())
     digest.update(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode())
@@ -164,7 +171,7 @@ def run_scaling(params: Params, tokenized: Path, out_dir: Path, metrics_path: Pa
     pretrained = params.model.init == "pretrained"
     shapes = {_scaling_shape(name, scaling.head_dim): name for name in scaling.models}
     plans = plan_runs(list(shapes), scaling.budgets)
-    tables = _read_tables(tokenized)
+    tables = read_tables(tokenized)
     # Scratch shapes are pretrained on whole dialogues; hub weights are fine-tuned on responses.
     loss_on, responses = ("response", ("chosen",)) if pretrained else ("all", ("chosen", "rejected"))
     data = {name: lm_examples(t, loss_on, responses) for name, t in tables.items()}

@@ -60,6 +60,41 @@ def memory_bars(memory: dict[str, int], path: Path, title: str) -> None:
     _save(fig, path)
 
 
+def reward_curves(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    """A preference objective's loss and pair accuracy against steps, train and test."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8), dpi=110)
+    steps = [r["step"] for r in rows]
+    for split in ("train", "test"):
+        left.plot(steps, [r[f"{split}_loss"] for r in rows], marker="o", markersize=3, label=split)
+        right.plot(steps, [r[f"{split}_accuracy"] for r in rows], marker="o", markersize=3, label=split)
+    left.set(xlabel="step", ylabel="loss per pair", title="loss")
+    right.set(xlabel="step", ylabel="chosen scored above rejected", title="pair accuracy")
+    right.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def reward_histograms(frame: Any, path: Path, title: str) -> None:
+    """Chosen rewards (split by the ground truth where known) and chosen − rejected margins."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8), dpi=110)
+    if "chosen_flawed" in frame:
+        flawed = frame["chosen_flawed"].astype(bool)
+        left.hist(frame["chosen_reward"][~flawed], bins=40, alpha=0.6, label="sound chosen")
+        left.hist(frame["chosen_reward"][flawed], bins=40, alpha=0.6, label="flawed chosen")
+        left.legend()
+    else:
+        left.hist(frame["chosen_reward"], bins=40)
+    left.set(xlabel="reward", ylabel="pairs", title="chosen responses")
+    right.hist(frame["margin"], bins=40, color="C2")
+    right.axvline(0, color="grey", linestyle=":", linewidth=1)
+    right.set(xlabel="reward(chosen) − reward(rejected)", ylabel="pairs", title="margins")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
 def _save(fig: plt.Figure, path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:

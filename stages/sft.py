@@ -1,4 +1,4 @@
-"""sft: models/base fine-tuned on prompt → chosen response → models/sft."""
+"""sft: models/base fine-tuned on prompt → chosen response of the filtered train pairs → models/sft."""
 
 from pathlib import Path
 
@@ -11,7 +11,7 @@ def main() -> None:
     params = load_params("params.yaml")
     run_sft(
         params, Path("data/tokenized"), Path("models/base"), Path("models/sft"),
-        Path("metrics/sft.json"), Path("plots/sft"),
+        Path("metrics/sft.json"), Path("plots/sft"), train_pairs=Path("data/subsets/train.arrow"),
     )
 
 

@@ -16,6 +16,11 @@ TINY = {
              "eval_every": 6, "eval_samples": 16, "checkpoint_every": 4, "loss_on": "all", "lr": 0.01},
     "train": {"max_steps": 12, "batch_size": 8, "micro_batch_size": 8, "warmup_steps": 2,
               "eval_every": 6, "eval_samples": 16, "checkpoint_every": 4, "lr": 0.01},
+    "reward": {"max_steps": 12, "batch_size": 8, "micro_batch_size": 8, "warmup_steps": 2,
+               "eval_every": 6, "eval_samples": 16, "checkpoint_every": 4, "lr": 0.01},
+    "dpo": {"max_steps": 6, "batch_size": 8, "micro_batch_size": 8, "warmup_steps": 1,
+            "eval_every": 3, "eval_samples": 16, "checkpoint_every": 4},
+    "generate": {"n_prompts": 8, "max_new_tokens": 12, "batch_size": 4},
     "scaling": {"models": ["1x16", "1x32", "1x48"], "head_dim": 16, "budgets": [3e9, 9e9], "eval_samples": 16},
 }
 
