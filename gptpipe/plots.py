@@ -95,6 +95,21 @@ def reward_histograms(frame: Any, path: Path, title: str) -> None:
     _save(fig, path)
 
 
+def reward_distributions(rewards: dict[str, Any], path: Path, title: str) -> None:
+    """One box per model (and per dataset reference) of the judge's rewards; the mean as a dot."""
+    names = list(rewards)
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(names) + 1.8), dpi=110)
+    ax.boxplot([rewards[n] for n in names], orientation="horizontal", showfliers=False, widths=0.6)
+    ax.scatter([float(rewards[n].mean()) for n in names], range(1, len(names) + 1), color="C3", zorder=3, label="mean")
+    ax.set_yticks(range(1, len(names) + 1), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("reward")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    _save(fig, path)
+
+
 def _save(fig: plt.Figure, path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -42,14 +42,17 @@ def experiment_name(study: str, label: str) -> str:
     return f"{study}-{label}"
 
 
-def run_points(study: str, points: Sequence[Point]) -> str:
-    """Queue one experiment per point on HEAD and run the queue; returns the baseline commit."""
+def run_points(study: str, points: Sequence[Point], target: str | None = None) -> str:
+    """Queue one experiment per point on HEAD and run the queue; returns the baseline commit.
+
+    target: reproduce only up to this stage (e.g. sft), not the whole downstream pipeline.
+    """
     baseline = _git("rev-parse", "HEAD")
     for point in points:
         name = experiment_name(study, point.label)
         _dvc("exp", "remove", name, check=False)  # a rerun replaces the old point
         sets = [arg for key, value in point.overrides.items() for arg in ("-S", f"{key}={_yaml_value(value)}")]
-        _dvc("exp", "run", "--queue", "-n", name, *sets)
+        _dvc("exp", "run", "--queue", "-n", name, *sets, *([target] if target else []))
     _dvc("exp", "run", "--run-all", "-j", "1", check=False)  # failures are reported per point below
     return baseline
 

@@ -1,0 +1,86 @@
+"""Judging answers with the reward scorer and comparing models: intervals, win rates, the report."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from gptpipe.errors import UserError
+from gptpipe.evaluate import mean_interval, run_evaluate, run_judge, win_rate, win_rates
+from gptpipe.model import build_scratch
+from gptpipe.quality import run_score
+from gptpipe.reward import reward_model_from, save_reward_model
+
+
+def test_win_rate_counts_ties_half():
+    assert win_rate(np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.0, 2.0, 5.0, 1.0])) == pytest.approx(2.5 / 4)
+
+
+def test_mean_interval_is_the_normal_approximation():
+    values = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    low, high = mean_interval(values, 0.95)
+    half = 1.959964 * math.sqrt(2.5) / math.sqrt(5)  # sample variance of 1..5 is 2.5
+    assert (low, high) == pytest.approx((3 - half, 3 + half), rel=1e-5)
+
+
+def test_win_rates_compare_later_models_with_earlier_ones_and_the_dataset():
+    rewards = {"base": np.array([0.0, 0.0]), "sft": np.array([1.0, -1.0]), "dpo": np.array([2.0, 2.0])}
+    rates = win_rates(rewards, chosen=np.array([1.0, 1.0]))
+    assert rates == {"sft_vs_base": 0.5, "dpo_vs_base": 1.0, "dpo_vs_sft": 1.0,
+                     "base_vs_dataset_chosen": 0.0, "sft_vs_dataset_chosen": 0.25, "dpo_vs_dataset_chosen": 1.0}
+
+
+@pytest.fixture(scope="module")
+def judge_dir(tiny_params, tmp_path_factory):
+    """A real (untrained-head) GPT-2 reward model saved the way the reward stage saves it."""
+    root = tmp_path_factory.mktemp("judge")
+    build_scratch(tiny_params.model, seed=5).save_pretrained(root / "base")
+    save_reward_model(reward_model_from(root / "base"), root / "reward", {"backend": "trained", "name": "tiny judge"})
+    return root / "reward"
+
+
+def _answers(raw_test, path, pick):
+    """A generated-answers file in the generate stage's format, answers chosen per row by `pick`."""
+    rows = pq.read_table(raw_test).to_pylist()[:10]
+    with path.open("w") as handle:
+        for row in rows:
+            handle.write(json.dumps({"id": row["id"], "prompt": row["prompt"], "response": pick(row),
+                                     "tokens": 5, "stopped": "eot"}) + "\n")
+    return rows
+
+
+def test_judge_and_evaluate_on_real_files(tiny_params, tokenized, judge_dir, tmp_path):
+    raw_test = tokenized.parent / "raw" / "test.parquet"
+    gen, judged = tmp_path / "generated", tmp_path / "judged"
+    gen.mkdir()
+    params = tiny_params.model_copy(update={"generate": tiny_params.generate.model_copy(update={"models": ("base", "sft")})})
+    rows = _answers(raw_test, gen / "base.jsonl", lambda r: " I am not sure.")
+    _answers(raw_test, gen / "sft.jsonl", lambda r: f" It is {r['answer']}.")
+    for name in ("base", "sft"):
+        m = run_judge(params, name, gen / f"{name}.jsonl", judge_dir, raw_test, judged / f"{name}.parquet",
+                      tmp_path / f"{name}.json")
+        assert m["answers"] == 10
+    assert json.loads((tmp_path / "sft.json").read_text())["exact_answer_accuracy"] == 1.0
+    assert json.loads((tmp_path / "base.json").read_text())["exact_answer_accuracy"] == 0.0
+    run_score(params, tokenized.parent / "raw", judge_dir, tmp_path / "scored", tmp_path / "score.json", tmp_path / "sp")
+    metrics = run_evaluate(params, judged, gen, tmp_path / "scored" / "test.parquet", raw_test,
+                           tmp_path / "evaluate.json", tmp_path / "plots")
+    base, sft = (pd.read_parquet(judged / f"{n}.parquet")["reward"].to_numpy() for n in ("base", "sft"))
+    assert metrics["models"]["sft"]["mean_reward"] == pytest.approx(sft.mean())
+    assert metrics["win_rates"]["sft_vs_base"] == pytest.approx(win_rate(sft, base))
+    chosen = pd.read_parquet(tmp_path / "scored" / "test.parquet").set_index("id").loc[[r["id"] for r in rows], "chosen_reward"]
+    assert metrics["reference"]["dataset chosen"]["mean_reward"] == pytest.approx(chosen.mean())
+    report = (tmp_path / "plots" / "report.md").read_text()
+    assert "| sft" in report and "dataset chosen" in report and rows[0]["prompt"].strip().splitlines()[-1] in report
+    assert (tmp_path / "plots" / "rewards.png").stat().st_size > 5_000
+
+
+def test_evaluate_refuses_a_missing_model_and_answers_to_other_prompts(tiny_params, tokenized, judge_dir, tmp_path):
+    raw_test = tokenized.parent / "raw" / "test.parquet"
+    with pytest.raises(UserError, match="run the judge stage for base"):
+        run_evaluate(tiny_params, tmp_path, tmp_path, tmp_path / "x.parquet", raw_test, tmp_path / "e.json", tmp_path)
+    with pytest.raises(UserError, match="run the generate stage"):
+        run_judge(tiny_params, "sft", tmp_path / "none.jsonl", judge_dir, raw_test, tmp_path / "j.parquet", tmp_path / "j.json")
