@@ -10,6 +10,7 @@ import typer
 import yaml
 
 from gptpipe.config import Params, load_params, parse_params
+from gptpipe.config import GenerateConfig  # the chat command's sampling defaults
 from gptpipe.errors import UserError
 
 app = typer.Typer(
@@ -151,6 +152,30 @@ def study(
         _fail(err)
     typer.echo(table.to_markdown(index=False, floatfmt=".4g"))
     typer.echo(f"\nwritten: plots/studies/{name}.md, .csv, .png; metrics/studies/{name}.json")
+
+
+@app.command()
+def chat(
+    path: Annotated[Path, typer.Argument(help="A saved model folder, e.g. models/sft.")],
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = GenerateConfig().temperature,
+    top_p: Annotated[float, typer.Option(help="Nucleus mass; 1 = off.")] = GenerateConfig().top_p,
+    top_k: Annotated[int, typer.Option(help="0 = off.")] = GenerateConfig().top_k,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = GenerateConfig().max_new_tokens,
+    seed: Annotated[int, typer.Option(help="Seeds the sampling: the same seed and messages replay a chat.")] = 0,
+) -> None:
+    """Talk to a model in the HH format it was trained on (/reset, /quit)."""
+    import sys
+
+    from transformers.utils import logging as hf_logging
+
+    from gptpipe.chat import run_chat
+    from gptpipe.generate import Sampling
+
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar would clutter the conversation
+    try:
+        run_chat(path, sys.stdin, sys.stdout, Sampling(max_new_tokens, temperature, top_p, top_k), seed)
+    except UserError as err:
+        _fail(err)
 
 
 @bench_app.command("sft")

@@ -1,0 +1,78 @@
+"""`gptpipe chat PATH`: a multi-turn conversation with a saved model, in the HH format it learnt.
+
+The conversation is the text the model was trained on: `\\n\\nHuman: …\\n\\nAssistant: …` turns, each
+new message appended as a Human turn and the prompt ending in `\\n\\nAssistant:`. When it outgrows
+the model's positions, `generate` cuts it from the left by tokens, as the tokenize stage cut the
+training prompts, so the model sees the kind of context it was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from transformers import PreTrainedModel
+
+from gptpipe.generate import Answer, Sampling, generate, prompt_seed
+from gptpipe.hh import ASSISTANT, HUMAN
+from gptpipe.model import load_model
+from gptpipe.tokenizer import encode
+
+HELP = "Type a message and press Enter; /reset starts a new conversation, /quit (or Ctrl-D) leaves."
+
+
+@dataclass
+class Exchange:
+    prompt: str  # the whole text the model answered
+    answer: Answer
+
+
+@dataclass
+class Conversation:
+    """The dialogue so far, as HH text, and every exchange (a reset clears the text, not these)."""
+
+    history: str = ""
+    exchanges: list[Exchange] = field(default_factory=list)
+
+    def prompt_for(self, message: str) -> str:
+        return f"{self.history}{HUMAN} {message}{ASSISTANT}"
+
+    def add(self, prompt: str, answer: Answer) -> None:
+        reply = answer.text.strip()
+        self.history = f"{prompt} {reply}" if reply else prompt
+        self.exchanges.append(Exchange(prompt, answer))
+
+
+def chat_loop(
+    model: PreTrainedModel, stdin: TextIO, stdout: TextIO, sampling: Sampling, seed: int = 0
+) -> Conversation:
+    """Read messages from stdin until /quit or end of input, answering each on stdout."""
+    conversation = Conversation()
+    print(HELP, file=stdout)
+    while True:
+        print("you> ", end="", file=stdout, flush=True)
+        line = stdin.readline()
+        if not line:  # end of input (Ctrl-D, or the end of a piped file)
+            print(file=stdout)
+            return conversation
+        message = line.strip()
+        if message == "/quit":
+            return conversation
+        if message == "/reset":
+            conversation.history = ""
+            print("(new conversation)", file=stdout)
+        elif message:
+            prompt = conversation.prompt_for(message)
+            # One seed per exchange: a rerun with the same seed and messages replays the conversation.
+            turn_seed = prompt_seed(seed, str(len(conversation.exchanges)))
+            answer = generate(model, [encode(prompt)], sampling, [turn_seed], batch_size=1).answers[0]
+            conversation.add(prompt, answer)
+            print(f"assistant> {answer.text.strip()}", file=stdout, flush=True)
+
+
+def run_chat(path: Path, stdin: TextIO, stdout: TextIO, sampling: Sampling, seed: int = 0) -> Conversation:
+    model = load_model(path)  # a folder with no model: a one-line UserError
+    cfg = model.config
+    print(f"{path}: GPT-2 {cfg.n_layer} layers x {cfg.n_embd}, {cfg.n_positions} positions", file=stdout)
+    return chat_loop(model, stdin, stdout, sampling, seed)
