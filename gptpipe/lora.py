@@ -10,9 +10,10 @@ Checked against PEFT's LoRA (tests/test_lora.py): same outputs and gradients giv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -106,6 +107,25 @@ def merge_lora(model: nn.Module) -> nn.Module:
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     return model
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block every LoRALinear computes its base layer alone: the model is its base again.
+
+    Setting the scaling to 0 makes each layer return base(x) + 0 exactly, bit for bit (the low-rank
+    product is still computed; at rank r that is a small cost). DPO uses this for its live reference:
+    a LoRA policy with fresh adapters is its reference, so no second copy of the model is needed.
+    """
+    layers = [module for module in model.modules() if isinstance(module, LoRALinear)]
+    saved = [layer.scaling for layer in layers]
+    for layer in layers:
+        layer.scaling = 0.0
+    try:
+        yield model
+    finally:
+        for layer, scaling in zip(layers, saved, strict=True):
+            layer.scaling = scaling
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

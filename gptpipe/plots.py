@@ -110,6 +110,27 @@ def reward_distributions(rewards: dict[str, Any], path: Path, title: str) -> Non
     _save(fig, path)
 
 
+def dpo_curves(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    """Loss, pair accuracy and the test set's implicit rewards against steps."""
+    fig, (loss_ax, acc_ax, reward_ax) = plt.subplots(1, 3, figsize=(12, 3.8), dpi=110)
+    steps = [r["step"] for r in rows]
+    for split in ("train", "test"):
+        loss_ax.plot(steps, [r[f"{split}_loss"] for r in rows], marker="o", markersize=3, label=split)
+        acc_ax.plot(steps, [r[f"{split}_accuracy"] for r in rows], marker="o", markersize=3, label=split)
+    for key, label in (("chosen_reward", "chosen"), ("rejected_reward", "rejected"), ("margin", "margin")):
+        reward_ax.plot(steps, [r[f"test_{key}"] for r in rows], marker="o", markersize=3, label=label)
+    loss_ax.set(xlabel="step", ylabel="loss per pair", title="loss")
+    acc_ax.set(xlabel="step", ylabel="implicit reward orders the pair", title="pair accuracy")
+    acc_ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)  # chance, and every pair at step 0
+    reward_ax.set(xlabel="step", ylabel="β · log π/π_ref (test, mean)", title="implicit rewards")
+    reward_ax.axhline(0.0, color="grey", linestyle=":", linewidth=1)
+    for ax in (loss_ax, acc_ax, reward_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    _save(fig, path)
+
+
 def _save(fig: plt.Figure, path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
