@@ -7,6 +7,7 @@ JSON under metrics/studies/) and one PNG of all test-loss curves against tokens.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +34,11 @@ LORA_LR = 5e-3
 @dataclass(frozen=True)
 class Study:
     name: str
-    points: Sequence[Point]
+    points: Callable[[], Sequence[Point]]  # computed when the study runs (some depend on the data)
     table: Callable[[list[Result]], pd.DataFrame]
     notes: Callable[[list[Result]], list[str]]
     title: str
+    target: str = "sft"  # each experiment reproduces up to this stage only
 
 
 def optimizer_points() -> list[Point]:
@@ -131,10 +133,87 @@ def lora_notes(results: list[Result]) -> list[str]:
     ]
 
 
+# -- data quality vs quantity: the top N train pairs by reward, a random N of the same sizes, and all -----
+
+# The course's subset sizes (of helpful-base's 43,835 train pairs). A smaller train split (the
+# embedded default's 4,000) uses the same fractions of itself.
+COURSE_SIZES = (35000, 30000, 25000, 20000, 15000, 10000)
+COURSE_TRAIN_PAIRS = 43835
+RANDOM_CONTROLS = 2  # the two smallest sizes also get a random subset of the same N
+FILTER_METRICS = "metrics/filter.json"
+JUDGE_SFT = "metrics/judge/sft.json"
+
+
+def data_quality_sizes(train_pairs: int) -> list[int]:
+    if train_pairs >= COURSE_SIZES[0]:
+        return [n for n in COURSE_SIZES if n < train_pairs]
+    fractions = (0.8, 0.6, 0.4, 0.2)  # ≈ the course's 35k … 10k of 43.8k
+    return [round(f * train_pairs) for f in fractions]
+
+
+def data_quality_points() -> list[Point]:
+    train_pairs = json.loads(Path("metrics/data.json").read_text())["train"]["pairs"]
+    sizes = data_quality_sizes(train_pairs)
+    points = [Point("all", {"filter.size": None, "filter.by": "chosen_reward"})]
+    points += [Point(f"top{n}", {"filter.size": n, "filter.by": "chosen_reward"}) for n in sizes]
+    points += [Point(f"random{n}", {"filter.size": n, "filter.by": "random"}) for n in sizes[-RANDOM_CONTROLS:]]
+    return points
+
+
+def data_quality_table(results: list[Result]) -> pd.DataFrame:
+    rows = []
+    for r in results:
+        kept, sft = r.metrics[FILTER_METRICS], r.metrics[SFT_METRICS]
+        judge = r.metrics.get(JUDGE_SFT, {})
+        rows.append({
+            "subset": r.label,
+            "by": kept["by"],
+            "pairs": kept["kept"],
+            "threshold": kept.get("threshold"),
+            "flawed_kept": kept.get("flawed_fraction_kept"),
+            "epochs": sft.get("epochs"),
+            "train_loss": sft["train_loss"],
+            "test_loss": sft["test_loss"],
+            "sft_reward": judge.get("mean_reward"),
+            "reward_ci": _interval(judge),
+            "exact_answer_accuracy": judge.get("exact_answer_accuracy"),
+        })
+    return pd.DataFrame(rows)
+
+
+def data_quality_notes(results: list[Result]) -> list[str]:
+    params = results[0].params
+    train = params.get("train", {})
+    return [
+        "Every row fine-tunes the same base for the same steps "
+        f"({train.get('max_steps')} × {train.get('batch_size')} sequences): a smaller subset is seen "
+        "for more epochs, so rows compare data at equal compute.",
+        "top<N>: the N train pairs whose chosen response the reward model scores highest "
+        "(threshold = the lowest kept reward); random<N>: N pairs drawn at random (seeded), the control "
+        "that separates quality from quantity; all: the whole train split.",
+        "sft_reward: mean reward of the SFT model's answers to the fixed test prompts "
+        "(generate.n_prompts), judged by the same reward model; exact_answer_accuracy: answers that "
+        "state the ground-truth answer (synthetic data only). flawed_kept: the share of kept pairs "
+        "whose chosen response is flawed by the synthetic ground truth.",
+        "test_loss is measured on the test split's chosen responses, flawed ones included: a model "
+        "trained on sound answers only may score a worse loss on them while answering better.",
+        _regime(results),
+    ]
+
+
+def _interval(judge: dict) -> str | None:
+    if "ci_low" not in judge:
+        return None
+    return f"[{judge['ci_low']:.3f}, {judge['ci_high']:.3f}]"
+
+
 STUDIES = {
-    "optimizers": Study("optimizers", optimizer_points(), optimizer_table, optimizer_notes,
+    "optimizers": Study("optimizers", optimizer_points, optimizer_table, optimizer_notes,
                         "SFT test loss by optimizer"),
-    "lora": Study("lora", lora_points(), lora_table, lora_notes, "SFT test loss: LoRA ranks and full fine-tuning"),
+    "lora": Study("lora", lora_points, lora_table, lora_notes, "SFT test loss: LoRA ranks and full fine-tuning"),
+    "data-quality": Study("data-quality", data_quality_points, data_quality_table, data_quality_notes,
+                          "SFT test loss: reward-filtered subsets, random controls and the full set",
+                          target="judge@sft"),
 }
 
 
@@ -143,8 +222,8 @@ def run_study(study: Study, *, report_only: bool) -> pd.DataFrame:
     if report_only:
         baseline = recorded_baseline(record)
     else:
-        baseline = run_points(study.name, study.points)
-    labels = [p.label for p in study.points]
+        baseline = run_points(study.name, study.points(), study.target)
+    labels = [p.label for p in study.points()]
     results = collect(study.name, labels, baseline, [SFT_SERIES])
     if not results:
         raise RuntimeError(f"study {study.name}: no experiment succeeded; see `dvc exp show`")

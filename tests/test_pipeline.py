@@ -16,6 +16,9 @@ import yaml
 from tiny import TINY
 
 REPO = Path(__file__).resolve().parents[1]
+ALL_STAGES = ("download", "tokenize", "base", "reward", "score", "filter", "sft", "dpo",
+              "generate@base", "generate@sft", "generate@dpo", "judge@base", "judge@sft", "judge@dpo",
+              "evaluate", "scaling", "report")
 TRAINING_FILES = ["metrics/sft.json", "metrics/base.json", "plots/sft/loss.tsv", "plots/sft/loss.png",
                   "plots/sft/memory.png", "plots/base/loss.tsv"]
 
@@ -56,8 +59,8 @@ def project(tmp_path_factory) -> Path:
     run(root, "git", "add", "-A")
     run(root, "git", "commit", "-qm", "tiny project")
     repro = run(root, "dvc", "repro")
-    for stage in ("download", "tokenize", "base", "sft", "scaling"):
-        assert f"Running stage '{stage}'" in repro.stdout
+    for stage in ALL_STAGES:
+        assert f"Running stage '{stage}'" in repro.stdout, stage
     run(root, "git", "add", "-A")
     run(root, "git", "commit", "-qm", "tiny run")
     return root
@@ -65,7 +68,10 @@ def project(tmp_path_factory) -> Path:
 
 def test_repro_writes_the_promised_metrics_and_plots(project):
     scaling = ["metrics/scaling.json", "plots/scaling/compute_optimal.md", "plots/scaling/isoflop.png"]
-    for name in TRAINING_FILES + scaling + ["metrics/data.json", "metrics/tokenize.json"]:
+    later = ["metrics/reward.json", "metrics/score.json", "metrics/filter.json", "metrics/dpo.json",
+             "metrics/evaluate.json", "plots/evaluate/report.md", "plots/evaluate/rewards.png",
+             "data/generated/sft.jsonl", "data/judged/dpo.parquet", "report/index.html"]
+    for name in TRAINING_FILES + scaling + later + ["metrics/data.json", "metrics/tokenize.json"]:
         assert (project / name).is_file(), name
     sft = json.loads((project / "metrics/sft.json").read_text())
     assert sft["test_loss"] < json.loads((project / "metrics/base.json").read_text())["test_loss"] + 5
@@ -85,8 +91,10 @@ def test_second_repro_runs_nothing(project):
 def test_experiment_on_the_optimizer_reruns_only_sft_and_shows_in_diffs(project):
     exp = run(project, "dvc", "exp", "run", "-n", "sgd", "-S", "train.optimizer=sgd")
     assert "Running stage 'sft'" in exp.stdout
-    for stage in ("download", "tokenize", "base", "scaling"):
+    for stage in ("download", "tokenize", "base", "reward", "score", "filter", "scaling", "generate@base"):
         assert f"Running stage '{stage}'" not in exp.stdout
+    for stage in ("dpo", "generate@sft", "judge@dpo", "evaluate"):  # downstream of sft
+        assert f"Running stage '{stage}'" in exp.stdout
     diff = json.loads(run(project, "dvc", "metrics", "diff", "--json").stdout)
     sft = diff["metrics/sft.json"]
     assert sft["optimizer"]["old"] == "adamw" and sft["optimizer"]["new"] == "sgd"
@@ -98,6 +106,28 @@ def test_experiment_on_the_optimizer_reruns_only_sft_and_shows_in_diffs(project)
     assert "sft_train_vs_test" in plots and "workspace" in plots
     run(project, "git", "checkout", "--", "params.yaml")
     run(project, "dvc", "checkout", "-f")
+
+
+def test_dpo_beta_experiment_changes_the_judged_reward(project):
+    exp = run(project, "dvc", "exp", "run", "-n", "beta", "-S", "dpo.beta=0.5")
+    for stage in ("dpo", "generate@dpo", "judge@dpo", "evaluate"):
+        assert f"Running stage '{stage}'" in exp.stdout
+    for stage in ("sft", "generate@sft", "judge@sft", "generate@base"):
+        assert f"Running stage '{stage}'" not in exp.stdout
+    diff = json.loads(run(project, "dvc", "metrics", "diff", "--json").stdout)
+    dpo_reward = diff["metrics/evaluate.json"]["models.dpo.mean_reward"]
+    assert dpo_reward["old"] != dpo_reward["new"]
+    assert "models.sft.mean_reward" not in diff["metrics/evaluate.json"]  # same SFT answers, same judge
+    run(project, "git", "checkout", "--", "params.yaml")
+    run(project, "dvc", "checkout", "-f")
+
+
+def test_report_page_has_every_pipeline_section(project):
+    page = (project / "report" / "index.html").read_text()
+    for title in ("Training curves", "Reward model", "DPO", "compute-optimal"):
+        assert title in page, title
+    record = json.loads((project / "metrics" / "report.json").read_text())
+    assert {"reward", "dpo", "evaluate"} <= set(record["present"])
 
 
 def test_bad_param_fails_in_one_line_and_keeps_earlier_outputs(project):
