@@ -136,7 +136,7 @@ def sft() -> None:
 
 @app.command()
 def study(
-    name: Annotated[str, typer.Argument(help="optimizers | lora")],
+    name: Annotated[str, typer.Argument(help="optimizers | lora | data-quality | scaling")],
     report: Annotated[bool, typer.Option("--report", help="Rebuild the table from experiments already run.")] = False,
 ) -> None:
     """Run a study as DVC experiments (one per point) and compile its table and PNG."""

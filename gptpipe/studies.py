@@ -207,6 +207,77 @@ def _interval(judge: dict) -> str | None:
     return f"[{judge['ci_low']:.3f}, {judge['ci_high']:.3f}]"
 
 
+# -- model size (the course's exploration e): the same pipeline at each GPT-2 size ------------------
+
+HUB_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+# Scratch shapes for the embedded default: ~2x the non-embedding parameters per step up.
+SCRATCH_SIZES = ((2, 64, 4), (2, 128, 4), (4, 128, 4))
+JUDGED_ANSWERS = "data/generated/sft.jsonl"
+
+
+def scaling_points() -> list[Point]:
+    import yaml
+
+    model = (yaml.safe_load(Path("params.yaml").read_text()) or {}).get("model", {})
+    if model.get("init") == "pretrained":
+        return [Point(name, {"model.name": name}) for name in HUB_SIZES]
+    return [Point(f"{layers}x{width}", {"model.n_layer": layers, "model.n_embd": width, "model.n_head": heads})
+            for layers, width, heads in SCRATCH_SIZES]
+
+
+def scaling_table(results: list[Result]) -> pd.DataFrame:
+    """Loss and reward per size. Each experiment trains its own reward model from its own base, so
+    its answers are also re-judged here by the workspace's models/reward: one judge for all sizes."""
+    judge = _workspace_judge()
+    rows = []
+    for r in results:
+        sft, base = r.metrics[SFT_METRICS], r.metrics.get("metrics/base.json", {})
+        own = r.metrics.get(JUDGE_SFT, {})
+        rows.append({
+            "size": r.label,
+            "parameters": sft["parameters"],
+            "non_embedding": sft["parameters_without_embeddings"],
+            "base_test_loss": base.get("test_loss"),
+            "sft_test_loss": sft["test_loss"],
+            "sft_reward_own_judge": own.get("mean_reward"),
+            "sft_reward_one_judge": _rejudge(judge, r.experiment) if judge else None,
+            "exact_answer_accuracy": own.get("exact_answer_accuracy"),
+            "sft_tokens_per_s": sft["tokens_per_s"],
+        })
+    return pd.DataFrame(rows)
+
+
+def _workspace_judge():
+    from gptpipe.reward import load_scorer
+
+    import torch
+
+    if not Path("models/reward").is_dir():
+        return None
+    return load_scorer(Path("models/reward"), batch_size=32, device=torch.device("cpu"))
+
+
+def _rejudge(judge, experiment: str) -> float:
+    import dvc.api
+
+    with dvc.api.open(JUDGED_ANSWERS, rev=experiment) as handle:
+        answers = [json.loads(line) for line in handle.read().splitlines() if line.strip()]
+    scores = judge.score([a["prompt"] for a in answers], [a["response"] for a in answers], desc=experiment)
+    return float(scores.mean())
+
+
+def scaling_notes(results: list[Result]) -> list[str]:
+    return [
+        "Each size runs the whole chain up to its SFT model's judged answers (base, reward, score, "
+        "filter, sft, generate@sft, judge@sft) with the same params otherwise.",
+        "sft_reward_own_judge: judged by the reward model trained from that size's own base; "
+        "sft_reward_one_judge: the same answers judged by the workspace's models/reward, so sizes "
+        "are compared by one judge.",
+        "For the scaling law at a fixed FLOP budget see the scaling stage (plots/scaling/compute_optimal.md).",
+        _regime(results),
+    ]
+
+
 STUDIES = {
     "optimizers": Study("optimizers", optimizer_points, optimizer_table, optimizer_notes,
                         "SFT test loss by optimizer"),
@@ -214,6 +285,8 @@ STUDIES = {
     "data-quality": Study("data-quality", data_quality_points, data_quality_table, data_quality_notes,
                           "SFT test loss: reward-filtered subsets, random controls and the full set",
                           target="judge@sft"),
+    "scaling": Study("scaling", scaling_points, scaling_table, scaling_notes,
+                     "SFT test loss by model size", target="judge@sft"),
 }
 
 

@@ -1,0 +1,42 @@
+"""Study points and tables (the DVC mechanics run end to end in test_pipeline)."""
+
+import pandas as pd
+
+from gptpipe.studies import (
+    COURSE_SIZES, FILTER_METRICS, JUDGE_SFT, SFT_METRICS, SFT_SERIES, data_quality_points, data_quality_sizes,
+    data_quality_table,
+)
+from gptpipe.study import Result
+
+
+def test_course_sizes_on_helpful_base_and_the_same_fractions_on_a_small_split():
+    assert data_quality_sizes(43835) == list(COURSE_SIZES)
+    assert data_quality_sizes(4000) == [3200, 2400, 1600, 800]
+
+
+def test_points_have_the_full_set_top_n_and_random_controls(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "data.json").write_text('{"train": {"pairs": 1000}}')
+    points = {p.label: p.overrides for p in data_quality_points()}
+    assert points["all"]["filter.size"] is None
+    assert points["top400"] == {"filter.size": 400, "filter.by": "chosen_reward"}
+    assert points["random200"] == {"filter.size": 200, "filter.by": "random"}
+    assert set(points) == {"all", "top800", "top600", "top400", "top200", "random400", "random200"}
+
+
+def test_data_quality_table_reads_filter_sft_and_judge_metrics():
+    def result(label, kept, by, loss, reward):
+        metrics = {
+            FILTER_METRICS: {"by": by, "kept": kept, "threshold": 1.5 if by != "random" else None,
+                             "flawed_fraction_kept": 0.1},
+            SFT_METRICS: {"epochs": 2.4, "train_loss": loss + 0.1, "test_loss": loss},
+            JUDGE_SFT: {"mean_reward": reward, "ci_low": reward - 0.2, "ci_high": reward + 0.2, "exact_answer_accuracy": 0.25},
+        }
+        return Result(label, f"data-quality-{label}", {}, metrics, {SFT_SERIES: pd.DataFrame()})
+
+    table = data_quality_table([result("top800", 800, "chosen_reward", 1.7, 2.0), result("random800", 800, "random", 1.6, 0.5)])
+    assert table["subset"].tolist() == ["top800", "random800"]
+    assert table["sft_reward"].tolist() == [2.0, 0.5]
+    assert table["reward_ci"].iloc[0] == "[1.800, 2.200]"
+    assert table["threshold"].isna().tolist() == [False, True]
