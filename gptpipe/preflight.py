@@ -33,6 +33,13 @@ def unreachable_assets(params: Params) -> list[str]:
             "offline, save_pretrained the weights where the hub is reachable and set model.name "
             "to that absolute folder"
         )
+    reward = params.reward
+    if reward.backend == "hf" and not Path(reward.name).is_dir() and not _hub_has("model", reward.name):
+        problems.append(
+            f"reward.name={reward.name}: not a local folder and not reachable on the Hugging Face hub; "
+            "offline, save_pretrained the model and its tokenizer where the hub is reachable and set "
+            "reward.name to that absolute folder, or use reward.backend=trained"
+        )
     if params.shared.device == "cuda":
         import torch
 

@@ -30,6 +30,7 @@ def test_full_study_fails_fast_offline_naming_every_unreachable_asset(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: cannot start:")
     assert "Anthropic/hh-rlhf" in lines[0] and "data.source=dir" in lines[0]
     assert "model.name=gpt2" in lines[0] and "save_pretrained" in lines[0]
+    assert "reward.name=OpenAssistant/reward-model-deberta-v3-large-v2" in lines[0]
     assert (tmp_path / "params.yaml").read_text() == before  # nothing applied, nothing run
 
 
