@@ -124,9 +124,9 @@ class DirectPreference(nn.Module):
         _check_loss(loss, label_smoothing)
         self.policy = policy
         self.beta, self.loss, self.label_smoothing, self.reference_mode = beta, loss, label_smoothing, reference
-        self.lora = any(isinstance(m, LoRALinear) for m in policy.modules())
+        lora = any(isinstance(m, LoRALinear) for m in policy.modules())
         self.reference = None
-        if reference == "live" and self.lora:
+        if reference == "live" and lora:
             _check_fresh_adapters(policy)
         elif reference == "live":
             # A registered submodule, so .to(device) and checkpoints carry it; frozen, so the

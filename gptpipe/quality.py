@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -45,6 +46,7 @@ def run_reward(params: Params, tokenized: Path, base: Path, out: Path, metrics_p
     runtime = make_runtime(params.shared)
     seed = params.shared.seed
     data = {split: pair_examples(table) for split, table in read_tables(tokenized).items()}
+    torch.manual_seed(seed)  # the scalar head's init: the same params give the same reward model
     model = reward_model_from(base)
     key = run_key("reward", params, [tokenized / "train.arrow", tokenized / "test.arrow", *sorted(base.glob("*.safetensors"))])
     objective = BradleyTerry(model)

@@ -31,7 +31,7 @@ def _env() -> dict[str, str]:
 
 
 def run(project: Path, *cmd: str, ok: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=project, env=_env(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(cmd, cwd=project, env=_env(), capture_output=True, text=True, timeout=1200)
     if ok and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
