@@ -170,7 +170,24 @@ def test_cached_and_live_references_give_the_same_losses_and_gradients(tiny_para
     assert all(name.endswith(("lora_A", "lora_B")) for name in grads_c) == lora
     for name in grads_c:
         torch.testing.assert_close(grads_c[name], grads_l[name], rtol=1e-4, atol=1e-6, msg=name)
-    assert not any(p.requires_grad for p in (live.reference.parameters() if live.reference else []))
+    if not lora:  # a frozen copy, which stays in eval mode when the objective trains
+        assert not any(p.requires_grad for p in live.reference.parameters()) and not live.reference.training
+    else:  # no copy: the same model with its adapters off
+        assert live.reference is None
+
+
+def test_only_the_pairs_the_run_will_train_on_get_a_cached_reference(tiny_params, pairs):
+    model = build_scratch(tiny_params.model, 0)
+    plan = StepPlan(pairs["train"], 8, 4, seed=0)
+    eval_sets = {"test": eval_sample(pairs["test"], 6, seed=0)}
+    cached, sets = cache_reference(model, plan, eval_sets, 3, 8, CPU)
+    steps = [cached.micro_batches(step) for step in range(3)]
+    same_pairs = [[[(e.prompt, e.chosen) for e in micro] for micro in plan.micro_batches(step)] for step in range(3)]
+    assert [[[(e.prompt, e.chosen) for e in micro] for micro in step] for step in steps] == same_pairs
+    assert all(collate_pairs(micro).ref_logps is not None for step in steps for micro in step)
+    assert sum(e.ref_chosen is not None for e in cached.examples) == 3 * 8  # not the other steps'
+    assert [len(e) for e in cached.examples] == [len(e) for e in plan.examples]
+    assert all(e.ref_chosen is not None for e in sets["test"]) and len(sets["test"]) == 6
 
 
 def test_a_cached_objective_refuses_a_batch_without_reference_log_probs(tiny_params, pairs):
