@@ -1,0 +1,63 @@
+"""Every stage lists, as DVC deps, each gptpipe module its script imports (transitively).
+
+A module missing from `deps:` is a silent staleness bug: editing it leaves `dvc status` clean and the
+stage's outputs come from the old code. Imports are read statically (ast), including the ones inside
+functions, so the check is fast and sees lazy imports too.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def _module_file(module: str) -> str | None:
+    path = module.replace(".", "/") + ".py"
+    return path if (REPO / path).is_file() else None
+
+
+def _direct_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "gptpipe":
+            found.add(node.module)
+            # `from gptpipe import plots` imports the module gptpipe/plots.py
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.split(".")[0] == "gptpipe"}
+    return {f for f in map(_module_file, found) if f}
+
+
+def _import_closure(script: str) -> set[str]:
+    seen: set[str] = set()
+    todo = list(_direct_imports(REPO / script))
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo += _direct_imports(REPO / path)
+    return seen - {"gptpipe/__init__.py"}
+
+
+def _script(stage: dict) -> str:
+    module = stage["cmd"].split()[2]  # "python -m stages.x [...]"
+    return module.replace(".", "/") + ".py"
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_deps_cover_every_module_its_script_imports(name):
+    stage = STAGES[name].get("do", STAGES[name])  # foreach stages keep their body under `do`
+    script = _script(stage)
+    deps = set(stage["deps"])
+    assert script in deps
+    assert sorted(_import_closure(script) - deps) == []
+
+
+def test_the_closure_follows_imports_through_modules():
+    # stages/sft.py imports gptpipe.lm only; lm imports train, which imports optim, which imports galore.
+    closure = _import_closure("stages/sft.py")
+    assert {"gptpipe/lm.py", "gptpipe/train.py", "gptpipe/optim.py", "gptpipe/galore.py"} <= closure
