@@ -182,16 +182,20 @@ class RewardConfig(TrainConfig):
 
 
 class FilterConfig(Section):
-    # Train pairs the SFT stage trains on: the top `size` by `by` (null = all of them). `random`
-    # draws `size` pairs at random (seeded): the control that separates quality from quantity.
-    size: PositiveInt | None = None
+    # Train pairs the SFT stage trains on: the top `keep` by `by` (null = all of them). `random`
+    # draws `keep` pairs at random (seeded): the control that separates quality from quantity.
+    # Not named `size`: DVC's run-cache key drops every key named `size` or `nfiles`, params
+    # included (treeverse/dvc#10296), so changing it would restore a stale subset.
+    keep: PositiveInt | None = None
     by: Literal["chosen_reward", "margin", "random"] = "chosen_reward"
 
 
 class DpoConfig(TrainConfig):
     """DPO (Rafailov et al. 2023) from models/sft; its training knobs are TrainConfig's."""
 
-    beta: PositiveFloat = 0.1
+    # The DPO paper's 0.1 suits a pretrained policy at lr 1e-6 (the full preset); the embedded
+    # default's tiny policy at lr 3e-4 reaches higher test preference accuracy in fewer steps at 0.3.
+    beta: PositiveFloat = 0.3
     # sigmoid: DPO; ipo: (h - 1/(2 beta))^2 on summed log-ratios (Azar et al. 2023).
     loss: Literal["sigmoid", "ipo"] = "sigmoid"
     # Conservative DPO: the preference label is flipped with this probability (sigmoid loss only).
@@ -255,7 +259,7 @@ class Params(Section):
     # The reward model: trained here (Bradley-Terry) or a hub classifier; it scores and evaluates.
     reward: RewardConfig = RewardConfig(lr=1e-3, max_steps=150, eval_every=25)
     filter: FilterConfig = FilterConfig()
-    dpo: DpoConfig = DpoConfig(lr=1e-4, max_steps=100, eval_every=20, checkpoint_every=50)
+    dpo: DpoConfig = DpoConfig(lr=3e-4, max_steps=40, warmup_steps=4, eval_every=10, checkpoint_every=20)
     generate: GenerateConfig = GenerateConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     # The compute-optimal study: isoFLOP profiles over model sizes (the scaling stage).

@@ -42,7 +42,7 @@ from gptpipe.lora import LoRALinear, adapters_disabled, apply_lora
 from gptpipe.model import load_model
 from gptpipe.objectives import response_logprobs
 from gptpipe.plots import dpo_curves
-from gptpipe.train import Runtime, _autocast, make_runtime, train
+from gptpipe.train import Runtime, autocast, make_runtime, train
 
 LOSSES = ("sigmoid", "ipo")
 REFERENCES = ("cached", "live")
@@ -204,7 +204,7 @@ def reference_logprobs(
         for start in tqdm(range(0, len(order), batch_size), desc="reference log-probs", leave=False):
             picked = order[start : start + batch_size]
             batch = collate_pairs([examples[i] for i in picked]).to(runtime.device)
-            with _autocast(runtime):
+            with autocast(runtime):
                 logps = response_logprobs(model, batch).tolist()
             for k, i in enumerate(picked):
                 result[i] = (logps[k], logps[len(picked) + k])

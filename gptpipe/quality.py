@@ -143,9 +143,9 @@ def run_filter(params: Params, scored: Path, tokenized: Path, out_dir: Path, met
     table = read_arrow(tokenized / "train.arrow")
     if frame["id"].tolist() != table.column("id").to_pylist():
         raise UserError(f"{scored}/train.parquet: its pairs differ from {tokenized}/train.arrow; rerun the score stage")
-    size = cfg.size if cfg.size is not None else len(frame)
+    size = cfg.keep if cfg.keep is not None else len(frame)
     if size > len(frame):
-        raise UserError(f"filter.size: {cfg.size} exceeds the {len(frame)} train pairs; use at most {len(frame)} or null")
+        raise UserError(f"filter.keep: {cfg.keep} exceeds the {len(frame)} train pairs; use at most {len(frame)} or null")
     kept = select(frame, size, cfg.by, params.shared.seed)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()

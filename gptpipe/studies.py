@@ -154,9 +154,9 @@ def data_quality_sizes(train_pairs: int) -> list[int]:
 def data_quality_points() -> list[Point]:
     train_pairs = json.loads(Path("metrics/data.json").read_text())["train"]["pairs"]
     sizes = data_quality_sizes(train_pairs)
-    points = [Point("all", {"filter.size": None, "filter.by": "chosen_reward"})]
-    points += [Point(f"top{n}", {"filter.size": n, "filter.by": "chosen_reward"}) for n in sizes]
-    points += [Point(f"random{n}", {"filter.size": n, "filter.by": "random"}) for n in sizes[-RANDOM_CONTROLS:]]
+    points = [Point("all", {"filter.keep": None, "filter.by": "chosen_reward"})]
+    points += [Point(f"top{n}", {"filter.keep": n, "filter.by": "chosen_reward"}) for n in sizes]
+    points += [Point(f"random{n}", {"filter.keep": n, "filter.by": "random"}) for n in sizes[-RANDOM_CONTROLS:]]
     return points
 
 

@@ -120,7 +120,7 @@ def train(
         mine = micro_batches[runtime.rank :: runtime.world_size]
         for i, batch in enumerate(mine):
             sync = i == len(mine) - 1  # DDP all-reduces gradients on the step's last micro-batch only
-            with _no_sync(net, sync), _autocast(runtime):
+            with _no_sync(net, sync), autocast(runtime):
                 loss_sum, _ = net(batch.to(runtime.device))
             # DDP averages gradients over ranks; scaling by world_size makes that a sum.
             (loss_sum * runtime.world_size / step_weight).backward()
@@ -163,7 +163,7 @@ def evaluate(objective: nn.Module, examples: Sequence, cfg: TrainConfig, runtime
     weight = 0
     for start in range(0, len(examples), cfg.micro_batch_size):
         batch = objective.collate(examples[start : start + cfg.micro_batch_size])
-        with _autocast(runtime):
+        with autocast(runtime):
             loss_sum, stats = objective(batch.to(runtime.device))
         for key, value in {"loss": loss_sum, **stats}.items():
             sums[key] = sums.get(key, 0.0) + float(value)
@@ -233,7 +233,7 @@ def _no_sync(net: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
     return inner.no_sync()
 
 
-def _autocast(runtime: Runtime) -> contextlib.AbstractContextManager:
+def autocast(runtime: Runtime) -> contextlib.AbstractContextManager:
     if runtime.autocast_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(runtime.device.type, dtype=runtime.autocast_dtype)

@@ -21,6 +21,21 @@ def test_every_preset_validates_when_merged():
         assert merged.data.source in ("hf", "dir", "synthetic")
 
 
+def _field_paths(model_class, prefix=""):
+    for name, field in model_class.model_fields.items():
+        yield f"{prefix}{name}"
+        if isinstance(field.annotation, type) and hasattr(field.annotation, "model_fields"):
+            yield from _field_paths(field.annotation, f"{prefix}{name}.")
+
+
+def test_no_param_is_named_like_dvc_file_metadata():
+    # DVC's run-cache key drops every key named `size` or `nfiles`, params included
+    # (treeverse/dvc#10296): a param of that name could change without its stage rerunning.
+    paths = list(_field_paths(Params))
+    assert "filter.keep" in paths and len(paths) > 50  # the walk reaches nested sections
+    assert [p for p in paths if p.rsplit(".", 1)[-1] in ("size", "nfiles")] == []
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [

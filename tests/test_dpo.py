@@ -241,7 +241,7 @@ def test_run_dpo_writes_a_loadable_model_metrics_and_plots(tiny_params, tokenize
     assert json.loads(metrics_path.read_text()) == metrics
     assert metrics["test_accuracy_start"] == 0.5 and metrics["test_margin_start"] == 0.0
     assert metrics["test_margin"] != 0.0 and metrics["steps"] == 4
-    assert (metrics["beta"], metrics["loss"], metrics["reference"], metrics["lora_rank"]) == (0.1, "sigmoid", reference, lora_rank)
+    assert (metrics["beta"], metrics["loss"], metrics["reference"], metrics["lora_rank"]) == (params.dpo.beta, "sigmoid", reference, lora_rank)
     assert (metrics["trainable_fraction"] < 0.1) == bool(lora_rank)
     rows = (plots / "loss.tsv").read_text().splitlines()
     header = rows[0].split("\t")

@@ -177,7 +177,7 @@ def _filter(tiny_params, tokenized, tmp_path, **update):
 def test_filter_keeps_exactly_the_top_n(tiny_params, tokenized, tmp_path, by):
     rng = np.random.default_rng(0)
     frame = _scored(tmp_path, tokenized, rng.normal(size=300))
-    metrics = _filter(tiny_params, tokenized, tmp_path, size=40, by=by)
+    metrics = _filter(tiny_params, tokenized, tmp_path, keep=40, by=by)
     kept = read_arrow(tmp_path / "subsets" / "train.arrow")
     expected = set(frame.nlargest(40, by)["id"])
     assert kept.num_rows == 40 and set(kept.column("id").to_pylist()) == expected
@@ -192,18 +192,18 @@ def test_filter_keeps_exactly_the_top_n(tiny_params, tokenized, tmp_path, by):
 
 def test_random_control_is_seeded_and_of_the_same_size(tiny_params, tokenized, tmp_path):
     frame = _scored(tmp_path, tokenized, np.linspace(-1, 1, 300))
-    first = _filter(tiny_params, tokenized, tmp_path, size=100, by="random")
+    first = _filter(tiny_params, tokenized, tmp_path, keep=100, by="random")
     ids = read_arrow(tmp_path / "subsets" / "train.arrow").column("id").to_pylist()
-    _filter(tiny_params, tokenized, tmp_path, size=100, by="random")
+    _filter(tiny_params, tokenized, tmp_path, keep=100, by="random")
     assert read_arrow(tmp_path / "subsets" / "train.arrow").column("id").to_pylist() == ids
     assert len(ids) == 100 and set(ids) != set(frame.nlargest(100, "chosen_reward")["id"])
     assert first["threshold"] is None and 0.3 < first["flawed_fraction_kept"] < 0.7
 
 
-def test_null_size_keeps_everything_and_too_large_a_size_fails_before_writing(tiny_params, tokenized, tmp_path):
+def test_null_keep_keeps_everything_and_too_large_a_keep_fails_before_writing(tiny_params, tokenized, tmp_path):
     _scored(tmp_path, tokenized, np.linspace(-1, 1, 300))
-    assert _filter(tiny_params, tokenized, tmp_path, size=None)["kept"] == 300
+    assert _filter(tiny_params, tokenized, tmp_path, keep=None)["kept"] == 300
     before = (tmp_path / "subsets" / "train.arrow").read_bytes()
-    with pytest.raises(UserError, match=r"filter.size: 301 exceeds the 300 train pairs"):
-        _filter(tiny_params, tokenized, tmp_path, size=301)
+    with pytest.raises(UserError, match=r"filter.keep: 301 exceeds the 300 train pairs"):
+        _filter(tiny_params, tokenized, tmp_path, keep=301)
     assert (tmp_path / "subsets" / "train.arrow").read_bytes() == before  # the earlier output is intact

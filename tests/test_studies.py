@@ -19,9 +19,9 @@ def test_points_have_the_full_set_top_n_and_random_controls(tmp_path, monkeypatc
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "data.json").write_text('{"train": {"pairs": 1000}}')
     points = {p.label: p.overrides for p in data_quality_points()}
-    assert points["all"]["filter.size"] is None
-    assert points["top400"] == {"filter.size": 400, "filter.by": "chosen_reward"}
-    assert points["random200"] == {"filter.size": 200, "filter.by": "random"}
+    assert points["all"]["filter.keep"] is None
+    assert points["top400"] == {"filter.keep": 400, "filter.by": "chosen_reward"}
+    assert points["random200"] == {"filter.keep": 200, "filter.by": "random"}
     assert set(points) == {"all", "top800", "top600", "top400", "top200", "random400", "random200"}
 
 
