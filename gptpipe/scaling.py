@@ -41,6 +41,9 @@ MIN_BUDGETS_PER_POWER_LAW = 2
 # compares our exponents with.
 CHINCHILLA_APPROACH2_EXPONENTS = (0.49, 0.51)
 KAPLAN_N_OPT_EXPONENT = 0.73
+# Chinchilla's compute-optimal models see about 20 training tokens per parameter (Hoffmann et
+# al. 2022, Table 3); runs far below it are data-starved, and there the smallest size wins.
+CHINCHILLA_TOKENS_PER_PARAM = 20
 
 
 class ScalingInputError(UserError, ValueError):
@@ -120,9 +123,11 @@ def fit_isoflop(n_params: Sequence[int], losses: Sequence[float]) -> dict[str, A
         return {"a": a, "b": b, "c": c, "n_opt": None, "loss_opt": None, "curvature_ok": False,
                 "inside": False, "reason": f"no minimum: the fitted parabola opens downward (a={a:.3g} <= 0)"}
     log_n_opt = -b / (2 * a)
-    if log_n_opt > math.log(np.finfo(float).max):
+    # A nearly straight profile (a ~ 0) puts the vertex absurdly far out: exp() over- or underflows.
+    if not math.log(np.finfo(float).tiny) < log_n_opt < math.log(np.finfo(float).max):
         return {"a": a, "b": b, "c": c, "n_opt": None, "loss_opt": None, "curvature_ok": True,
-                "inside": False, "reason": f"no usable minimum: a={a:.3g} is so flat that N_opt overflows"}
+                "inside": False, "reason": f"no usable minimum: a={a:.3g} is so flat that N_opt "
+                                           f"{'overflows' if log_n_opt > 0 else 'underflows'}"}
     return {
         "a": a, "b": b, "c": c,
         "n_opt": math.exp(log_n_opt),
@@ -194,6 +199,8 @@ def compute_optimal_table(results: pd.DataFrame) -> tuple[pd.DataFrame, dict[str
         "dropped_runs": dropped,
         # Each run is meant to spend exactly C; D is rounded down to whole tokens, so 6ND < C.
         "max_budget_shortfall": float((1 - 6.0 * runs["n_params"] * runs["tokens"] / runs["budget"]).max()),
+        "tokens_per_param": [float((runs["tokens"] / runs["n_params"]).min()),
+                             float((runs["tokens"] / runs["n_params"]).max())],
     }
     summary.update(_exponents(valid))
     return table.drop(columns="fit_note"), summary
@@ -299,8 +306,19 @@ def _markdown(table: pd.DataFrame, summary: dict[str, Any]) -> str:
         f"{r.fitted_n_opt:.3g} | {r.fitted_d_opt:.3g} | {r.fitted_loss_opt:.4f} | {_vertex_word(r)} |"
         for r in table.itertuples()
     ]
-    lines += ["", _winners_sentence(table), "", _exponents_sentence(summary)]
+    lines += ["", _winners_sentence(table), "", _exponents_sentence(summary), "", _data_regime_sentence(summary)]
     return "\n".join(lines) + "\n"
+
+
+def _data_regime_sentence(summary: dict[str, Any]) -> str:
+    low, high = summary["tokens_per_param"]
+    span = f"The runs see {low:.3g} to {high:.3g} training tokens per parameter"
+    if high < CHINCHILLA_TOKENS_PER_PARAM / 4:
+        return (f"{span}, far below the ~{CHINCHILLA_TOKENS_PER_PARAM} of Chinchilla's compute-optimal "
+                "models: every run is data-starved, so smaller sizes are expected to win and the optimum "
+                "to sit at or below the smallest size; larger budgets (or smaller shapes) are needed to "
+                "bracket it.")
+    return f"{span}; Chinchilla's compute-optimal models see about {CHINCHILLA_TOKENS_PER_PARAM}."
 
 
 def _vertex_word(row: Any) -> str:

@@ -118,9 +118,21 @@ def test_dpo_beta_experiment_reruns_only_dpo_and_its_answers(project):
     # short answers they may not, and DVC then rightly skips them (the default shows the change).
     diff = json.loads(run(project, "dvc", "metrics", "diff", "--json").stdout)
     dpo = diff["metrics/dpo.json"]
-    assert dpo["beta"] == {"old": 0.1, "new": 0.5, "diff": 0.4} or (dpo["beta"]["old"], dpo["beta"]["new"]) == (0.1, 0.5)
+    assert (dpo["beta"]["old"], dpo["beta"]["new"]) == (0.3, 0.5)
     assert dpo["test_margin"]["old"] != dpo["test_margin"]["new"]  # implicit rewards scale with beta
     assert "models.sft.mean_reward" not in diff.get("metrics/evaluate.json", {})  # same SFT answers, same judge
+    run(project, "git", "checkout", "--", "params.yaml")
+    run(project, "dvc", "checkout", "-f")
+
+
+def test_each_subset_size_reruns_the_filter(project):
+    # Regression: with a param named `size` DVC's run-cache restored the first subset for every
+    # later size (treeverse/dvc#10296). Two sizes in a row must each run and keep their own N.
+    pairs = json.loads((project / "metrics/data.json").read_text())["train"]["pairs"]
+    for keep in (pairs // 2, pairs // 4):
+        exp = run(project, "dvc", "exp", "run", "-S", f"filter.keep={keep}", "filter")
+        assert "Running stage 'filter'" in exp.stdout
+        assert json.loads((project / "metrics/filter.json").read_text())["kept"] == keep
     run(project, "git", "checkout", "--", "params.yaml")
     run(project, "dvc", "checkout", "-f")
 

@@ -127,6 +127,12 @@ def test_fit_isoflop_without_a_minimum_has_no_optimum():
     assert "no minimum" in fit["reason"]
 
 
+def test_fit_isoflop_on_a_straight_profile_has_no_usable_minimum():
+    # Loss linear in N (not in ln N) fits a ~ 0 with the vertex at N ~ 0: no optimum, not N = 0.
+    fit = fit_isoflop([1e6, 2e6, 4e6], [5.0, 5.5, 6.0])
+    assert fit["n_opt"] is None and "underflows" in fit["reason"]
+
+
 def test_fit_isoflop_needs_three_sizes():
     with pytest.raises(ValueError, match="at least 3"):
         fit_isoflop([1e6, 1e7], [3.0, 2.9])
@@ -228,6 +234,8 @@ def test_write_scaling_report_writes_readable_files_and_overwrites(tmp_path):
         assert f"at {row.budget:.3g} FLOPs, {row.best_label} (N={row.best_n_params:,}" in markdown
     assert f"N_opt ∝ C^{summary['n_opt_exponent']:.3f}" in markdown
     assert f"D_opt ∝ C^{summary['d_opt_exponent']:.3f}" in markdown
+    low, high = summary["tokens_per_param"]
+    assert 0 < low <= high and f"{low:.3g} to {high:.3g} training tokens per parameter" in markdown
     assert len(set(table["best_label"])) > 1  # the data is built so that the winner changes
     for name in ("isoflop.png", "envelope.png", "n_opt.png"):
         data = (tmp_path / name).read_bytes()
@@ -241,3 +249,17 @@ def test_write_scaling_report_writes_readable_files_and_overwrites(tmp_path):
     assert "second run" in (tmp_path / "compute_optimal.md").read_text()
     assert "test regime" not in (tmp_path / "compute_optimal.md").read_text()
     assert again["n_opt_exponent"] == pytest.approx(summary["n_opt_exponent"], abs=1e-12)
+
+
+def test_the_page_says_when_every_run_is_data_starved(tmp_path):
+    # Three sizes at one budget, each seeing well under 1 token per parameter: the smallest wins.
+    n = [1_000_000, 2_000_000, 4_000_000]
+    starved = pd.DataFrame({"label": ["s", "m", "l"], "n_params": n, "budget": [6e11] * 3,
+                            "tokens": [100_000, 50_000, 25_000], "test_loss": [5.0, 5.5, 6.0]})
+    summary = write_scaling_report(starved, tmp_path, regime="starved")
+    assert summary["tokens_per_param"] == pytest.approx([25_000 / 4e6, 0.1])
+    assert "data-starved" in (tmp_path / "compute_optimal.md").read_text()
+    # The Chinchilla-law grid spends budgets near the optimum: no such warning.
+    summary = write_scaling_report(report_results(), tmp_path, regime="law")
+    assert summary["tokens_per_param"][1] > 5
+    assert "data-starved" not in (tmp_path / "compute_optimal.md").read_text()
