@@ -6,7 +6,7 @@ import pytest
 from gptpipe.config import ParamsError, parse_params
 from gptpipe.errors import UserError
 from gptpipe.flops import count_params
-from gptpipe.lm import _scaling_shape, run_scaling
+from gptpipe.compute_optimal import _scaling_shape, run_scaling
 from tiny import TINY
 
 
