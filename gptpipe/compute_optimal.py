@@ -35,6 +35,8 @@ def run_scaling(params: Params, tokenized: Path, out_dir: Path, metrics_path: Pa
     data = {name: lm_examples(t, loss_on, responses) for name, t in tables.items()}
     mean_len = sum(len(e) for e in data["train"]) / len(data["train"])
     base_cfg = params.base  # its optimizer knobs; with hub models the base stage itself ignores them
+    if scaling.batch_size is not None:
+        base_cfg = base_cfg.model_copy(update={"batch_size": scaling.batch_size, "micro_batch_size": scaling.batch_size})
     rows = []
     for plan in plans:
         steps = max(1, round(plan.tokens / (base_cfg.batch_size * mean_len)))

@@ -230,11 +230,14 @@ class EvaluateConfig(Section):
 class ScalingConfig(Section):
     # Shapes to compare: "<n_layer>x<n_embd>" built from scratch (heads of head_dim), or hub names
     # (gpt2, gpt2-medium, gpt2-large, gpt2-xl) fine-tuned from their weights (model.init: pretrained).
-    models: tuple[str, ...] = ("2x32", "2x64", "2x128")
+    models: tuple[str, ...] = ("1x16", "1x32", "2x64", "2x128")
     head_dim: PositiveInt = 16
     # FLOP budgets C; each model trains on D = C / 6N tokens (N with embeddings, as Chinchilla).
-    budgets: tuple[PositiveFloat, ...] = (3.0e10, 1.0e11, 3.0e11)
+    budgets: tuple[PositiveFloat, ...] = (1.0e11, 3.0e11, 1.0e12)
     eval_samples: PositiveInt = 100  # sequences for each run's final test loss
+    # Sequences per optimizer step (null = base.batch_size). A small budget gives a large model
+    # only a few steps at base's batch; a smaller batch spends the same FLOPs in more steps.
+    batch_size: PositiveInt | None = 4
 
     @model_validator(mode="after")
     def _enough_points(self) -> ScalingConfig:

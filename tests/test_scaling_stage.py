@@ -12,7 +12,7 @@ from tiny import TINY
 
 def test_scaling_stage_trains_each_size_for_its_budget_and_writes_the_report(tokenized, tmp_path):
     params = parse_params({**TINY, "scaling": {"models": ["1x16", "1x32", "1x48"], "head_dim": 16,
-                                               "budgets": [3e9, 9e9], "eval_samples": 16}})
+                                               "budgets": [3e9, 9e9], "eval_samples": 16, "batch_size": 2}})
     summary = run_scaling(params, tokenized, tmp_path / "scaling", tmp_path / "scaling.json")
     runs = pd.read_csv(tmp_path / "scaling" / "runs.csv")
     assert len(runs) == 6
@@ -22,6 +22,8 @@ def test_scaling_stage_trains_each_size_for_its_budget_and_writes_the_report(tok
         # Whole steps of variable-length sequences: the tokens seen land near the plan.
         assert 0.3 * row.planned_tokens < row.tokens < 3 * row.planned_tokens + 2000
         assert row.test_loss < 10.9
+        # scaling.batch_size sets the sequences per step: at most 2 full-length sequences each.
+        assert row.tokens <= row.steps * 2 * params.tokenize.max_length
     assert json.loads((tmp_path / "scaling.json").read_text()) == summary
     assert "embedded default" in (tmp_path / "scaling" / "compute_optimal.md").read_text()
     for png in ("isoflop.png", "envelope.png", "n_opt.png"):
