@@ -532,6 +532,27 @@ def _study(name: str, params_sections: Sequence[str], title: str) -> Part:
     return Part(f"study-{name}", command, (md, csv, record_path), render)
 
 
+def _judged_findings(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Studies that judge their SFT answers: the best judged row, and each random control against
+    the reward-filtered subset of the same size (quality separated from quantity)."""
+    column = next((c for c in ("sft_reward", "sft_reward_one_judge") if rows and c in rows[0]), None)
+    if column is None:
+        return []
+    said = []
+    best = extremes(rows, column, lowest=False)
+    if best:
+        said.append(f"Highest judged reward of the SFT answers: <strong>{esc(', '.join(best[0]))}</strong> "
+                    f"({fmt(best[1])}).")
+    for control in (r for r in rows if r.get("by") == "random" and _is_number(r.get(column))):
+        top = next((r for r in rows if r.get("by") != "random" and r.get("pairs") == control.get("pairs")
+                    and _is_number(r.get(column))), None)
+        if top is not None:
+            verdict = "beats" if top[column] > control[column] else "does not beat"
+            said.append(f"At {fmt(control['pairs'])} pairs, the reward-filtered {esc(row_label(top))} "
+                        f"({fmt(top[column])}) {verdict} the random control {esc(row_label(control))} ({fmt(control[column])}).")
+    return said
+
+
 def study_findings(rows: Sequence[dict[str, Any]]) -> list[str]:
     """What a reader looks for first in a study table, in words."""
     said = []
@@ -539,6 +560,7 @@ def study_findings(rows: Sequence[dict[str, Any]]) -> list[str]:
     if low and high:
         said.append(f"Lowest final test loss: <strong>{esc(', '.join(low[0]))}</strong> ({fmt(low[1])}); "
                     f"highest: {esc(', '.join(high[0]))} ({fmt(high[1])}).")
+    said += _judged_findings(rows)
     reach = extremes(rows, "tokens_to_target")
     if reach:
         said.append(f"Fewest tokens to the target loss: {esc(', '.join(reach[0]))} ({fmt(reach[1])}).")

@@ -21,7 +21,7 @@ from gptpipe import plots
 from gptpipe.config import parse_params
 from gptpipe.errors import UserError
 from gptpipe.files import write_json, write_tsv
-from gptpipe.report import build_report, fmt, markdown_html
+from gptpipe.report import build_report, fmt, markdown_html, study_findings
 from gptpipe.scaling import write_scaling_report
 from gptpipe.study import write_record, write_table
 
@@ -296,3 +296,17 @@ def test_markdown_subset_and_numbers_for_people():
 
     assert [fmt(v) for v in (6862464, 3436.7, 427.4, 0.000597, 5410639084032.0, 1.6244660113825047, None)] == [
         "6,862,464", "3,437", "427.4", "0.000597", "5.411e+12", "1.624", "—"]
+
+
+def test_data_quality_findings_set_each_random_control_against_the_top_subset_of_its_size():
+    rows = [
+        {"subset": "all", "by": "chosen_reward", "pairs": 4000, "test_loss": 1.6, "sft_reward": 4.3},
+        {"subset": "top800", "by": "chosen_reward", "pairs": 800, "test_loss": 2.7, "sft_reward": 5.7},
+        {"subset": "top400", "by": "chosen_reward", "pairs": 400, "test_loss": 2.8, "sft_reward": 3.0},
+        {"subset": "random800", "by": "random", "pairs": 800, "test_loss": 1.7, "sft_reward": 4.5},
+        {"subset": "random400", "by": "random", "pairs": 400, "test_loss": 1.8, "sft_reward": 3.5},
+    ]
+    said = " ".join(study_findings(rows))
+    assert "Highest judged reward of the SFT answers: <strong>top800</strong> (5.7)" in said
+    assert "At 800 pairs, the reward-filtered top800 (5.7) beats the random control random800 (4.5)" in said
+    assert "At 400 pairs, the reward-filtered top400 (3) does not beat the random control random400 (3.5)" in said

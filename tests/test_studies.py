@@ -40,3 +40,13 @@ def test_data_quality_table_reads_filter_sft_and_judge_metrics():
     assert table["sft_reward"].tolist() == [2.0, 0.5]
     assert table["reward_ci"].iloc[0] == "[1.800, 2.200]"
     assert table["threshold"].isna().tolist() == [False, True]
+
+
+def test_a_missing_value_reads_as_a_dash_in_the_markdown_table(tmp_path):
+    from gptpipe.study import write_table
+
+    table = pd.DataFrame({"subset": ["top800", "random800"], "threshold": [5.83712, float("nan")]})
+    write_table(table, tmp_path, "t", ["a note"])
+    text = (tmp_path / "t.md").read_text()
+    assert "5.837" in text and "—" in text and "nan" not in text
+    assert pd.read_csv(tmp_path / "t.csv")["threshold"].isna().tolist() == [False, True]  # the CSV keeps NaN
