@@ -29,6 +29,7 @@ from gptpipe.errors import UserError
 from gptpipe.files import atomic_path, write_json
 from gptpipe.reward import load_scorer
 from gptpipe.synthetic import response_is_correct
+from gptpipe.tables import markdown_table
 from gptpipe.train import make_runtime
 
 MODEL_ORDER = ("base", "sft", "dpo")
@@ -171,7 +172,7 @@ def report_markdown(table: pd.DataFrame, metrics: dict[str, Any], answers: dict[
         f"# Answers judged by {metrics['scorer']}", "",
         f"{metrics['prompts']} test prompts, the same for every model; mean reward with its "
         f"{round(100 * metrics['confidence'])}% interval (normal approximation).", "",
-        table.to_markdown(index=False, floatfmt=".3f"), "",
+        markdown_table(table, floatfmt=".3f"), "",
         "Win rates (how often the first model's answer outscores the second's on the same prompt; ties count half):", "",
         *[f"- {key.replace('_vs_', ' vs ').replace('_', ' ')}: {value:.3f}" for key, value in metrics["win_rates"].items()],
         "", "## Sample answers", "",

@@ -21,6 +21,7 @@ import pandas as pd
 
 from gptpipe.errors import UserError
 from gptpipe.files import atomic_path, write_json
+from gptpipe.tables import markdown_table
 
 
 @dataclass(frozen=True)
@@ -88,9 +89,7 @@ def write_table(table: pd.DataFrame, out_dir: Path, name: str, notes: Sequence[s
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / f"{name}.csv") as tmp:
         table.to_csv(tmp, index=False)
-    # A missing value (a random control has no threshold) reads "—", not "nan".
-    shown = table.astype(object).where(table.notna(), None)
-    markdown = shown.to_markdown(index=False, floatfmt=".4g", missingval="—")
+    markdown = markdown_table(table)  # a random control's missing threshold reads "—"
     with atomic_path(out_dir / f"{name}.md") as tmp:
         tmp.write_text(markdown + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n")
 

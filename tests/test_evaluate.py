@@ -75,6 +75,7 @@ def test_judge_and_evaluate_on_real_files(tiny_params, tokenized, judge_dir, tmp
     assert metrics["reference"]["dataset chosen"]["mean_reward"] == pytest.approx(chosen.mean())
     report = (tmp_path / "plots" / "report.md").read_text()
     assert "| sft" in report and "dataset chosen" in report and rows[0]["prompt"].strip().splitlines()[-1] in report
+    assert "nan" not in report.split("## Sample")[0]  # the reference rows' empty cells read "—"
     assert (tmp_path / "plots" / "rewards.png").stat().st_size > 5_000
 
 
