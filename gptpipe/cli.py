@@ -141,6 +141,7 @@ def study(
 ) -> None:
     """Run a study as DVC experiments (one per point) and compile its table and PNG."""
     from gptpipe.studies import STUDIES, run_study
+    from gptpipe.tables import markdown_table
 
     if name not in STUDIES:
         _fail(UserError(f"study {name!r}: unknown; known studies: {', '.join(STUDIES)}"))
@@ -150,7 +151,7 @@ def study(
         table = run_study(STUDIES[name], report_only=report)
     except UserError as err:
         _fail(err)
-    typer.echo(table.to_markdown(index=False, floatfmt=".4g"))
+    typer.echo(markdown_table(table))
     typer.echo(f"\nwritten: plots/studies/{name}.md, .csv, .png; metrics/studies/{name}.json")
 
 
