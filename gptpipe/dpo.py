@@ -37,8 +37,8 @@ from gptpipe.config import DpoConfig, Params
 from gptpipe.errors import UserError
 from gptpipe.files import write_json, write_tsv
 from gptpipe.flops import ModelShape, count_params
-from gptpipe.lm import CHECKPOINT_DIR, read_tables, run_key, save_finetuned
-from gptpipe.lora import LoRALinear, adapters_disabled, apply_lora
+from gptpipe.lm import CHECKPOINT_DIR, add_lora, read_tables, run_key, save_finetuned
+from gptpipe.lora import LoRALinear, adapters_disabled
 from gptpipe.model import load_model
 from gptpipe.objectives import response_logprobs
 from gptpipe.plots import dpo_curves
@@ -252,10 +252,7 @@ def run_dpo(params: Params, tokenized: Path, sft: Path, out: Path, metrics_path:
     if cfg.reference == "cached":  # computed before LoRA: adapters at B = 0 would change nothing
         plan, eval_sets = cache_reference(model, plan, eval_sets, cfg.max_steps, cfg.micro_batch_size, runtime)
     reference_seconds = time.perf_counter() - started
-    if cfg.lora.rank:
-        torch.manual_seed(seed)  # A's random init
-        lora = cfg.lora
-        apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, targets=lora.targets)
+    add_lora(model, cfg.lora, seed)
     inputs = [tokenized / "train.arrow", tokenized / "test.arrow", *sorted(sft.glob("*.safetensors"))]
     shape = ModelShape.from_config(model.config)
     state, trained = train(

@@ -60,10 +60,7 @@ def run_sft(
     tables = {"train": read_arrow(train_pairs), "test": read_arrow(tokenized / "test.arrow")}
     data = {name: lm_examples(t, cfg.loss_on, ("chosen",)) for name, t in tables.items()}
     model = load_model(base)
-    if params.lora.rank:
-        torch.manual_seed(params.shared.seed)  # A's random init
-        lora = params.lora
-        apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, targets=lora.targets)
+    add_lora(model, params.lora, params.shared.seed)
     inputs = [train_pairs, tokenized / "test.arrow", *sorted(base.glob("*.safetensors"))]
     key = run_key("sft", params, inputs)
     return _fit(model, data, cfg, runtime, params, key, out, metrics_path, plots_dir, "sft")
@@ -102,6 +99,14 @@ def _fit(
         save_finetuned(model, out, params.lora if stage == "sft" else None)
         _write_outputs(state.rows, metrics, metrics_path, plots_dir, stage)
     return metrics
+
+
+def add_lora(model: PreTrainedModel, lora: LoraConfig, seed: int) -> None:
+    """In place: LoRA adapters as the config says (none at rank 0), A drawn from `seed` so a
+    rerun, or a resumed run, starts from the same adapters."""
+    if lora.rank:
+        torch.manual_seed(seed)
+        apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, targets=lora.targets)
 
 
 def save_finetuned(model: PreTrainedModel, out: Path, lora: LoraConfig | None) -> None:
