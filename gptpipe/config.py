@@ -233,11 +233,11 @@ class ScalingConfig(Section):
     models: tuple[str, ...] = ("1x16", "1x32", "2x64", "2x128")
     head_dim: PositiveInt = 16
     # FLOP budgets C; each model trains on D = C / 6N tokens (N with embeddings, as Chinchilla).
-    budgets: tuple[PositiveFloat, ...] = (1.0e11, 3.0e11, 1.0e12)
+    budgets: tuple[PositiveFloat, ...] = (3.0e11, 1.0e12, 2.0e12)
     eval_samples: PositiveInt = 100  # sequences for each run's final test loss
     # Sequences per optimizer step (null = base.batch_size). A small budget gives a large model
     # only a few steps at base's batch; a smaller batch spends the same FLOPs in more steps.
-    batch_size: PositiveInt | None = 4
+    batch_size: PositiveInt | None = 2
 
     @model_validator(mode="after")
     def _enough_points(self) -> ScalingConfig:

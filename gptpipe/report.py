@@ -656,15 +656,18 @@ def dpo_findings(m: dict[str, Any]) -> list[str]:
 def scaling_findings(m: dict[str, Any]) -> list[str]:
     if "n_opt_exponent" not in m:
         return []
-    said = [f"Fitted N<sub>opt</sub> ∝ C<sup>{fmt(m['n_opt_exponent'])}</sup> (r² {fmt(m.get('n_opt_r2'))}) and "
-            f"D<sub>opt</sub> ∝ C<sup>{fmt(m.get('d_opt_exponent'))}</sup> over "
-            f"{len(m.get('fitted_budgets') or [])} budgets, {fmt(m.get('n_runs'))} runs "
-            "(Chinchilla found about 0.5 each)."]
+    if m["n_opt_exponent"] is None:
+        said = [f"Exponents not fitted: {esc(m.get('exponent_note'))}."]
+    else:
+        r2 = m.get("n_opt_r2")
+        fit = f"r² {fmt(r2)}" if r2 is not None else "a line through 2 points, so no r²"
+        said = [f"Fitted N<sub>opt</sub> ∝ C<sup>{fmt(m['n_opt_exponent'])}</sup> ({fit}) and "
+                f"D<sub>opt</sub> ∝ C<sup>{fmt(m.get('d_opt_exponent'))}</sup> over "
+                f"{len(m.get('fitted_budgets') or [])} budgets, {fmt(m.get('n_runs'))} runs "
+                "(Chinchilla found about 0.5 each)."]
     if m.get("extrapolated_budgets"):
-        said.append("Extrapolated (vertex outside the sizes run) at "
+        said.append("Extrapolated (vertex outside the sizes run, so not in the exponent fit) at "
                     f"{', '.join(fmt(b) for b in m['extrapolated_budgets'])} FLOPs.")
-    if m.get("exponent_note"):
-        said.append(esc(m["exponent_note"]))
     return said
 
 

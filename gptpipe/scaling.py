@@ -151,14 +151,20 @@ def _fit_inputs(n_params: Sequence[int], losses: Sequence[float]) -> tuple[np.nd
     return np.log(n), loss
 
 
-def fit_power_law(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
-    """y = k x^e by least squares on ln y = e ln x + ln k; r2 is measured in that log space."""
+def fit_power_law(x: Sequence[float], y: Sequence[float]) -> dict[str, float | None]:
+    """y = k x^e by least squares on ln y = e ln x + ln k; r2 is measured in that log space.
+
+    r2 is None from two distinct x: a line passes through any two points, so it would be 1 whatever
+    the data, and says nothing about whether y follows a power law.
+    """
     log_x, log_y = _log_pairs(x, y)
     exponent, log_k = (float(v) for v in np.polyfit(log_x, log_y, 1))
     residual = log_y - (exponent * log_x + log_k)
     spread = float(np.sum((log_y - log_y.mean()) ** 2))
-    # Constant y is fitted exactly by exponent 0; call that a perfect fit rather than 0/0.
-    r2 = 1.0 - float(np.sum(residual**2)) / spread if spread > 0 else 1.0
+    if len(np.unique(log_x)) < 3:
+        r2 = None
+    else:  # constant y is fitted exactly by exponent 0; call that a perfect fit rather than 0/0
+        r2 = 1.0 - float(np.sum(residual**2)) / spread if spread > 0 else 1.0
     return {"exponent": exponent, "coefficient": math.exp(log_k), "r2": r2}
 
 
@@ -183,16 +189,19 @@ def compute_optimal_table(results: pd.DataFrame) -> tuple[pd.DataFrame, dict[str
 
     A budget whose parabola cannot be fitted (fewer than 3 sizes, a <= 0) keeps its measured
     best in the table but is left out of the exponent fit: a measured best is a grid point, and
-    a grid point would bend the power law toward the grid.
+    a grid point would bend the power law toward the grid. So is a budget whose vertex lies
+    outside the sizes run: there the parabola's tail, not a measured minimum, places N_opt
+    (on a profile still falling at its smallest size it can land orders of magnitude away).
     """
     runs, dropped = _usable_runs(results)
     rows = [_budget_row(budget, group) for budget, group in runs.groupby("budget", sort=True)]
     table = pd.DataFrame(rows)
     valid = table[table["fit_valid"]]
+    bracketed = valid[valid["fit_inside"]]
     summary: dict[str, Any] = {
         "n_runs": len(runs),
         "budgets": [float(b) for b in table["budget"]],
-        "fitted_budgets": [float(b) for b in valid["budget"]],
+        "fitted_budgets": [float(b) for b in bracketed["budget"]],
         "excluded_budgets": [{"budget": float(r.budget), "reason": r.fit_note}
                              for r in table.itertuples() if not r.fit_valid],
         "extrapolated_budgets": [float(r.budget) for r in valid.itertuples() if not r.fit_inside],
@@ -202,7 +211,7 @@ def compute_optimal_table(results: pd.DataFrame) -> tuple[pd.DataFrame, dict[str
         "tokens_per_param": [float((runs["tokens"] / runs["n_params"]).min()),
                              float((runs["tokens"] / runs["n_params"]).max())],
     }
-    summary.update(_exponents(valid))
+    summary.update(_exponents(bracketed))
     return table.drop(columns="fit_note"), summary
 
 
@@ -252,13 +261,13 @@ def _fit_or_reason(runs: pd.DataFrame) -> dict[str, Any]:
     return fit_isoflop(runs["n_params"].tolist(), runs["test_loss"].tolist())
 
 
-def _exponents(valid: pd.DataFrame) -> dict[str, Any]:
-    if len(valid) < MIN_BUDGETS_PER_POWER_LAW:
+def _exponents(bracketed: pd.DataFrame) -> dict[str, Any]:
+    if len(bracketed) < MIN_BUDGETS_PER_POWER_LAW:
         empty = {f"{q}_{k}": None for q in ("n_opt", "d_opt") for k in ("exponent", "coefficient", "r2")}
-        return {**empty, "exponent_note": f"{len(valid)} budget(s) with a valid fit; exponents need "
-                                          f"{MIN_BUDGETS_PER_POWER_LAW}"}
-    n_law = fit_power_law(valid["budget"], valid["fitted_n_opt"])
-    d_law = fit_power_law(valid["budget"], valid["fitted_d_opt"])
+        return {**empty, "exponent_note": f"{len(bracketed)} budget(s) with a fitted minimum inside the sizes "
+                                          f"run; exponents need {MIN_BUDGETS_PER_POWER_LAW}"}
+    n_law = fit_power_law(bracketed["budget"], bracketed["fitted_n_opt"])
+    d_law = fit_power_law(bracketed["budget"], bracketed["fitted_d_opt"])
     # ln D = ln C - ln 6 - ln N exactly, and least squares is linear in y, so a + b = 1 to
     # rounding; anything else is a bug in how D_opt was derived.
     assert abs(n_law["exponent"] + d_law["exponent"] - 1) < 1e-9, (n_law, d_law)
@@ -306,19 +315,27 @@ def _markdown(table: pd.DataFrame, summary: dict[str, Any]) -> str:
         f"{r.fitted_n_opt:.3g} | {r.fitted_d_opt:.3g} | {r.fitted_loss_opt:.4f} | {_vertex_word(r)} |"
         for r in table.itertuples()
     ]
-    lines += ["", _winners_sentence(table), "", _exponents_sentence(summary), "", _data_regime_sentence(summary)]
+    lines += ["", _winners_sentence(table), "", _exponents_sentence(summary), "", _data_regime_sentence(table, summary)]
     return "\n".join(lines) + "\n"
 
 
-def _data_regime_sentence(summary: dict[str, Any]) -> str:
+def _data_regime_sentence(table: pd.DataFrame, summary: dict[str, Any]) -> str:
     low, high = summary["tokens_per_param"]
     span = f"The runs see {low:.3g} to {high:.3g} training tokens per parameter"
-    if high < CHINCHILLA_TOKENS_PER_PARAM / 4:
-        return (f"{span}, far below the ~{CHINCHILLA_TOKENS_PER_PARAM} of Chinchilla's compute-optimal "
-                "models: every run is data-starved, so smaller sizes are expected to win and the optimum "
-                "to sit at or below the smallest size; larger budgets (or smaller shapes) are needed to "
-                "bracket it.")
-    return f"{span}; Chinchilla's compute-optimal models see about {CHINCHILLA_TOKENS_PER_PARAM}."
+    if high >= CHINCHILLA_TOKENS_PER_PARAM / 4:
+        return f"{span}; Chinchilla's compute-optimal models see about {CHINCHILLA_TOKENS_PER_PARAM}."
+    said = (f"{span}, far below the ~{CHINCHILLA_TOKENS_PER_PARAM} of Chinchilla's compute-optimal models: "
+            "by that measure every run is data-starved, and smaller sizes should win.")
+    bracketed = table[table["fit_valid"] & table["fit_inside"]]
+    if len(bracketed) < len(table):
+        said += " Where the optimum is not bracketed, smaller shapes (or larger budgets) are needed to pin it down."
+    if len(bracketed):
+        ratio = bracketed["fitted_d_opt"] / bracketed["fitted_n_opt"]
+        said += (f" Where it is bracketed, it sits at {ratio.min():.3g} to {ratio.max():.3g} tokens per "
+                 "parameter. N counts the token embedding: most of a small shape's parameters (and, through the "
+                 "tied output layer, of its FLOPs) but little of its capacity (Kaplan et al. 2020 find loss "
+                 "follows the non-embedding parameters), so this ratio is not comparable with Chinchilla's.")
+    return said
 
 
 def _vertex_word(row: Any) -> str:
@@ -350,18 +367,23 @@ def _exponents_sentence(summary: dict[str, Any]) -> str:
     if summary["extrapolated_budgets"]:
         caveats += (" The vertex lies outside the sizes run at "
                     + ", ".join(f"{b:.3g}" for b in summary["extrapolated_budgets"])
-                    + " FLOPs, so those optima are extrapolated; add sizes beyond them to pin them down.")
+                    + " FLOPs, so those optima are extrapolations, left out of the exponent fit; "
+                    "add sizes beyond them to pin them down.")
     if summary["n_opt_exponent"] is None:
         return f"Exponents: not fitted ({summary['exponent_note']}).{caveats}"
     a, b = CHINCHILLA_APPROACH2_EXPONENTS
     return (
         f"Fitted exponents over {len(summary['fitted_budgets'])} budgets: "
-        f"N_opt ∝ C^{summary['n_opt_exponent']:.3f} (r² {summary['n_opt_r2']:.3f}) and "
+        f"N_opt ∝ C^{summary['n_opt_exponent']:.3f} ({_r2_words(summary['n_opt_r2'])}) and "
         f"D_opt ∝ C^{summary['d_opt_exponent']:.3f}; they sum to 1 because C = 6ND. "
         f"For comparison, Chinchilla's approach 2 found N_opt ∝ C^{a} and D_opt ∝ C^{b} "
         f"(Hoffmann et al. 2022, Table 2), Kaplan et al. (2020) N_opt ∝ C^{KAPLAN_N_OPT_EXPONENT}: "
         f"an exponent near 0.5 means parameters and tokens should grow equally with compute.{caveats}"
     )
+
+
+def _r2_words(r2: float | None) -> str:
+    return f"r² {r2:.3f}" if r2 is not None else "a line through 2 points: exact, so no r²; a third budget would test it"
 
 
 # --------------------------------------------------------------------------- figures
@@ -411,9 +433,13 @@ def _plot_optimum_vs_budget(table: pd.DataFrame, summary: dict[str, Any], path: 
     fig, axes = plt.subplots(1, 2, figsize=(9, 4), dpi=110, sharex=True)
     for ax, quantity, ylabel in zip(axes, ("n_opt", "d_opt"), ("N_opt (parameters)", "D_opt (tokens)"),
                                     strict=True):
-        valid = table[table["fit_valid"]]
+        inside = table[table["fit_valid"] & table["fit_inside"]]
+        outside = table[table["fit_valid"] & ~table["fit_inside"]]
         fallback = table[~table["fit_valid"]]
-        ax.scatter(valid["budget"], valid[f"fitted_{quantity}"], color="C0", label="parabola vertex")
+        ax.scatter(inside["budget"], inside[f"fitted_{quantity}"], color="C0", label="parabola vertex")
+        if len(outside):
+            ax.scatter(outside["budget"], outside[f"fitted_{quantity}"], color="C0", marker="x",
+                       label="vertex outside the sizes (not fitted)")
         if len(fallback):
             ax.scatter(fallback["budget"], fallback[f"fitted_{quantity}"], facecolors="none",
                        edgecolors="C3", label="measured best (no fit)")

@@ -21,7 +21,7 @@ from gptpipe import plots
 from gptpipe.config import parse_params
 from gptpipe.errors import UserError
 from gptpipe.files import write_json, write_tsv
-from gptpipe.report import build_report, fmt, markdown_html, study_findings
+from gptpipe.report import build_report, fmt, markdown_html, scaling_findings, study_findings
 from gptpipe.scaling import write_scaling_report
 from gptpipe.study import write_record, write_table
 
@@ -310,3 +310,18 @@ def test_data_quality_findings_set_each_random_control_against_the_top_subset_of
     assert "Highest judged reward of the SFT answers: <strong>top800</strong> (5.7)" in said
     assert "At 800 pairs, the reward-filtered top800 (5.7) beats the random control random800 (4.5)" in said
     assert "At 400 pairs, the reward-filtered top400 (3) does not beat the random control random400 (3.5)" in said
+
+
+@pytest.mark.parametrize("budgets, r2, says", [
+    ([1e11], None, "Exponents not fitted: 1 budget(s) with a fitted minimum inside the sizes run"),
+    ([1e11, 1e12], None, "a line through 2 points, so no r²"),
+    ([1e11, 3e11, 1e12], 0.97, "r² 0.97"),
+])
+def test_scaling_finding_states_the_exponents_only_as_far_as_they_were_fitted(budgets, r2, says):
+    fitted = len(budgets) > 1
+    m = {"n_opt_exponent": 0.61 if fitted else None, "d_opt_exponent": 0.39 if fitted else None,
+         "n_opt_r2": r2, "fitted_budgets": budgets, "n_runs": 12, "extrapolated_budgets": [],
+         "exponent_note": None if fitted else "1 budget(s) with a fitted minimum inside the sizes run; exponents need 2"}
+    said = " ".join(scaling_findings(m))
+    assert says in said
+    assert ("0.61" in said) == fitted and "—" not in said

@@ -258,8 +258,42 @@ def test_the_page_says_when_every_run_is_data_starved(tmp_path):
                             "tokens": [100_000, 50_000, 25_000], "test_loss": [5.0, 5.5, 6.0]})
     summary = write_scaling_report(starved, tmp_path, regime="starved")
     assert summary["tokens_per_param"] == pytest.approx([25_000 / 4e6, 0.1])
-    assert "data-starved" in (tmp_path / "compute_optimal.md").read_text()
+    page = (tmp_path / "compute_optimal.md").read_text()
+    assert "data-starved" in page and "Where the optimum is not bracketed" in page
+    assert "Where it is bracketed" not in page
+    # The same starved runs with a minimum in the middle: its tokens per parameter are stated.
+    write_scaling_report(starved.assign(test_loss=[5.5, 5.0, 5.6]), tmp_path, regime="starved")
+    page = (tmp_path / "compute_optimal.md").read_text()
+    assert "data-starved" in page and "Where the optimum is not bracketed" not in page
+    assert "Where it is bracketed, it sits at 0.0" in page
     # The Chinchilla-law grid spends budgets near the optimum: no such warning.
     summary = write_scaling_report(report_results(), tmp_path, regime="law")
     assert summary["tokens_per_param"][1] > 5
     assert "data-starved" not in (tmp_path / "compute_optimal.md").read_text()
+
+
+def test_a_power_law_through_two_budgets_has_no_r2():
+    # Any two points lie on a line: r² would be 1 for any data, so it is withheld, not reported as 1.
+    fit = fit_power_law([1e12, 4e12], [1e6, 2e6])
+    assert fit["exponent"] == pytest.approx(0.5, abs=1e-12)
+    assert fit["r2"] is None
+    assert fit_power_law([1e12, 4e12, 1.6e13], [1e6, 2e6, 4.2e6])["r2"] < 1.0
+
+
+def test_an_optimum_outside_the_sizes_run_stays_in_the_table_but_not_in_the_exponents(tmp_path):
+    # A profile still falling at its smallest size: the parabola puts N_opt 100x below the grid.
+    results = law_results(CENTRED_GRID)
+    _, clean = compute_optimal_table(results)
+    n = np.geomspace(1e8, 1e9, 5)
+    falling = pd.DataFrame({"label": [f"f{i}" for i in range(5)], "n_params": n.astype(int), "budget": 1e22,
+                            "tokens": 1, "test_loss": parabola_losses(n, 1e6, 0.05)})
+    both = pd.concat([results, falling], ignore_index=True)
+    table, summary = compute_optimal_table(both)
+
+    row = table.set_index("budget").loc[1e22]
+    assert row["fit_valid"] and not row["fit_inside"] and row["fitted_n_opt"] == pytest.approx(1e6, rel=1e-6)
+    assert summary["extrapolated_budgets"] == [1e22] and 1e22 not in summary["fitted_budgets"]
+    assert summary["n_opt_exponent"] == pytest.approx(clean["n_opt_exponent"], abs=1e-12)
+    write_scaling_report(both, tmp_path, regime="test")
+    assert "1e+22 FLOPs, so those optima are extrapolations, left out of the exponent fit" in (
+        tmp_path / "compute_optimal.md").read_text()
