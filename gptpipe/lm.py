@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from transformers import PreTrainedModel
 
@@ -29,6 +31,7 @@ from gptpipe.train import Runtime, estimate_loss, make_runtime, train
 
 CHECKPOINT_DIR = Path(".gptpipe/checkpoints")  # git-ignored, not a DVC output (DVC-NOTES 19)
 SERIES_COLUMNS = ("step", "tokens", "flops", "lr", "train_loss", "test_loss")
+OPTIONAL_SERIES = ("test_sound_loss",)  # SFT on data with ground truth
 
 
 def run_base(params: Params, tokenized: Path, out: Path, metrics_path: Path, plots_dir: Path) -> dict:
@@ -48,20 +51,26 @@ def run_base(params: Params, tokenized: Path, out: Path, metrics_path: Path, plo
 
 def run_sft(
     params: Params, tokenized: Path, base: Path, out: Path, metrics_path: Path, plots_dir: Path,
-    train_pairs: Path | None = None,
+    train_pairs: Path | None = None, raw_test: Path | None = None,
 ) -> dict:
     """models/sft: the base model fine-tuned on prompt → chosen response.
 
     train_pairs: the train pairs to fine-tune on (the filter stage's subset); default all of them.
+    raw_test: the download stage's test pairs; where they carry the ground truth (synthetic data),
+    the loss is also measured on the test pairs whose chosen response is sound (test_sound_loss).
     """
     runtime = make_runtime(params.shared)
     cfg = params.train
     train_pairs = train_pairs or tokenized / "train.arrow"
     tables = {"train": read_arrow(train_pairs), "test": read_arrow(tokenized / "test.arrow")}
+    sound = sound_test_pairs(tables["test"], raw_test) if raw_test is not None else None
+    if sound is not None:
+        tables["test_sound"] = sound
     data = {name: lm_examples(t, cfg.loss_on, ("chosen",)) for name, t in tables.items()}
     model = load_model(base)
     add_lora(model, params.lora, params.shared.seed)
-    inputs = [train_pairs, tokenized / "test.arrow", *sorted(base.glob("*.safetensors"))]
+    inputs = [train_pairs, tokenized / "test.arrow", *([raw_test] if sound is not None else []),
+              *sorted(base.glob("*.safetensors"))]
     key = run_key("sft", params, inputs)
     return _fit(model, data, cfg, runtime, params, key, out, metrics_path, plots_dir, "sft")
 
@@ -142,11 +151,27 @@ def _measure_only(model, data, cfg, runtime, params, out, metrics_path, plots_di
 
 
 def _write_outputs(rows: Sequence[dict], metrics: dict, metrics_path: Path, plots_dir: Path, stage: str) -> None:
-    write_tsv(plots_dir / "loss.tsv", [{c: r[c] for c in SERIES_COLUMNS} for r in rows])
+    columns = [*SERIES_COLUMNS, *(c for c in OPTIONAL_SERIES if c in rows[0])]
+    write_tsv(plots_dir / "loss.tsv", [{c: r[c] for c in columns} for r in rows])
     plots.loss_curves(rows, plots_dir / "loss.png", f"{stage}: loss per counted token")
     if stage == "sft":
         plots.memory_bars(metrics["memory"], plots_dir / "memory.png", f"{stage}: training memory ({metrics['optimizer']})")
     write_json(metrics_path, metrics)
+
+
+def sound_test_pairs(test: pa.Table, raw_test: Path) -> pa.Table | None:
+    """The tokenized test pairs whose chosen response is sound by the data's ground truth.
+
+    The test loss on every chosen response rewards imitating the flawed ones too (30% of the
+    synthetic data); this subset asks how well a model predicts the answers it should give.
+    None where the data has no ground truth (HH).
+    """
+    if "flawed" not in pq.read_schema(raw_test).names:
+        return None
+    truth = pq.read_table(raw_test, columns=["id", "flawed"])
+    sound_ids = {i for i, flawed in zip(truth["id"].to_pylist(), truth["flawed"].to_pylist(), strict=True)
+                 if not flawed}
+    return test.filter(pa.array([i in sound_ids for i in test["id"].to_pylist()], pa.bool_()))
 
 
 def read_tables(tokenized: Path) -> dict:

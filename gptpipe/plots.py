@@ -18,9 +18,11 @@ def loss_curves(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     """Train and test loss against tokens seen (the x axis runs of any size share)."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     tokens = [r["tokens"] for r in rows]
-    for key in ("train_loss", "test_loss"):
+    labels = {"train_loss": "train loss", "test_loss": "test loss",
+              "test_sound_loss": "test loss, sound answers only"}
+    for key, label in labels.items():
         if key in rows[0]:
-            ax.plot(tokens, [r[key] for r in rows], marker="o", markersize=3, label=key.replace("_", " "))
+            ax.plot(tokens, [r[key] for r in rows], marker="o", markersize=3, label=label)
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("loss (nats per counted token)")
     ax.set_title(title)

@@ -452,8 +452,10 @@ def _training() -> Part:
             page.present.append(stage)
             series = read_tsv(page.root / f"plots/{stage}/loss.tsv")
             if len(series) >= 2:
+                sound = (f"; on the sound answers only {fmt(series[0]['test_sound_loss'])} → "
+                         f"{fmt(series[-1]['test_sound_loss'])}" if "test_sound_loss" in series[0] else "")
                 said.append(f"<strong>{stage}</strong>: test loss {fmt(series[0]['test_loss'])} → "
-                            f"{fmt(series[-1]['test_loss'])} over {fmt(int(series[-1]['tokens']))} tokens "
+                            f"{fmt(series[-1]['test_loss'])}{sound} over {fmt(int(series[-1]['tokens']))} tokens "
                             f"({fmt(int(series[-1]['step']))} steps).")
             figures += page.pngs(f"plots/{stage}")
             sections += [name for name in params_sections if name not in sections]
@@ -560,6 +562,10 @@ def study_findings(rows: Sequence[dict[str, Any]]) -> list[str]:
     if low and high:
         said.append(f"Lowest final test loss: <strong>{esc(', '.join(low[0]))}</strong> ({fmt(low[1])}); "
                     f"highest: {esc(', '.join(high[0]))} ({fmt(high[1])}).")
+    sound = extremes(rows, "test_loss_sound")
+    if sound:
+        said.append(f"Lowest test loss on the sound answers only: <strong>{esc(', '.join(sound[0]))}</strong> "
+                    f"({fmt(sound[1])}).")
     said += _judged_findings(rows)
     reach = extremes(rows, "tokens_to_target")
     if reach:

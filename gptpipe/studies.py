@@ -174,6 +174,7 @@ def data_quality_table(results: list[Result]) -> pd.DataFrame:
             "epochs": sft.get("epochs"),
             "train_loss": sft["train_loss"],
             "test_loss": sft["test_loss"],
+            "test_loss_sound": sft.get("test_sound_loss"),
             "sft_reward": judge.get("mean_reward"),
             "reward_ci": _interval(judge),
             "exact_answer_accuracy": judge.get("exact_answer_accuracy"),
@@ -196,7 +197,9 @@ def data_quality_notes(results: list[Result]) -> list[str]:
         "state the ground-truth answer (synthetic data only). flawed_kept: the share of kept pairs "
         "whose chosen response is flawed by the synthetic ground truth.",
         "test_loss is measured on the test split's chosen responses, flawed ones included: a model "
-        "trained on sound answers only may score a worse loss on them while answering better.",
+        "trained on sound answers only may score a worse loss on them while answering better. "
+        "test_loss_sound: the same loss on the test pairs whose chosen response is sound (synthetic "
+        "ground truth; blank on HH), the answers a model should learn to give.",
         _regime(results),
     ]
 

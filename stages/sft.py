@@ -12,6 +12,7 @@ def main() -> None:
     run_sft(
         params, Path("data/tokenized"), Path("models/base"), Path("models/sft"),
         Path("metrics/sft.json"), Path("plots/sft"), train_pairs=Path("data/subsets/train.arrow"),
+        raw_test=Path("data/raw/test.parquet"),
     )
 
 

@@ -1,16 +1,19 @@
-"""The SFT stage's LoRA path: adapters where the config says, drawn from the seed, merged on save."""
+"""The SFT stage: its LoRA path (adapters where the config says, drawn from the seed, merged on save)
+and its loss on the sound test answers."""
 
 from __future__ import annotations
 
 import json
 
+import pandas as pd
 import torch
 from transformers import AutoModelForCausalLM
 
 from gptpipe.config import LoraConfig, parse_params
-from gptpipe.lm import add_lora, run_sft
+from gptpipe.lm import add_lora, run_sft, sound_test_pairs
 from gptpipe.lora import LoRALinear
 from gptpipe.model import build_scratch, save_model
+from gptpipe.tokenizer import read_arrow
 from tiny import TINY
 
 
@@ -55,3 +58,41 @@ def test_sft_with_lora_changes_only_the_adapted_weights_and_saves_the_adapter(
     changed = {name for name, p in trained.named_parameters() if not torch.equal(p, start[name])}
     assert changed == {f"transformer.h.{i}.attn.c_attn.weight" for i in range(tiny_params.model.n_layer)}
     assert (out / "adapter").is_dir()
+
+
+# -- the sound-answer test loss ----------------------------------------------------------------------
+
+
+def test_sound_test_pairs_are_the_tokenized_pairs_the_ground_truth_calls_sound(tokenized):
+    test = read_arrow(tokenized / "test.arrow")
+    raw = tokenized.parent / "raw" / "test.parquet"
+    truth = pd.read_parquet(raw).set_index("id")["flawed"]
+    sound = sound_test_pairs(test, raw)
+    assert 0 < sound.num_rows < test.num_rows  # the tiny set has flawed chosen responses
+    assert set(sound["id"].to_pylist()) == {i for i in test["id"].to_pylist() if not truth[i]}
+    assert sound.schema == test.schema
+
+
+def test_data_without_ground_truth_has_no_sound_subset(tokenized, tmp_path):
+    raw = tmp_path / "hh.parquet"  # the HH layout: no meta columns
+    pd.read_parquet(tokenized.parent / "raw" / "test.parquet")[["id", "prompt", "chosen", "rejected"]].to_parquet(raw)
+    assert sound_test_pairs(read_arrow(tokenized / "test.arrow"), raw) is None
+
+
+def test_the_sound_answer_loss_is_logged_and_leaves_training_alone(tiny_params, tokenized, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = tmp_path / "models" / "base"
+    save_model(build_scratch(tiny_params.model, 0), base)
+    params = parse_params({**TINY, "train": {**TINY["train"], "max_steps": 4, "eval_every": 2}})
+    runs = {}
+    for name, raw in (("plain", None), ("sound", tokenized.parent / "raw" / "test.parquet")):
+        runs[name] = run_sft(params, tokenized, base, tmp_path / name, tmp_path / f"{name}.json",
+                             tmp_path / f"plots-{name}", raw_test=raw)
+
+    assert "test_sound_loss" not in runs["plain"]
+    assert runs["sound"]["test_sound_loss"] > 0 and runs["sound"]["test_sound_loss"] != runs["sound"]["test_loss"]
+    assert runs["sound"]["test_loss"] == runs["plain"]["test_loss"]  # an extra eval set changes no step
+    trained = [AutoModelForCausalLM.from_pretrained(tmp_path / name).state_dict() for name in runs]
+    assert all(torch.equal(trained[0][k], trained[1][k]) for k in trained[0])
+    header = (tmp_path / "plots-sound" / "loss.tsv").read_text().splitlines()[0].split("\t")
+    assert header[-1] == "test_sound_loss"

@@ -310,6 +310,10 @@ def test_data_quality_findings_set_each_random_control_against_the_top_subset_of
     assert "Highest judged reward of the SFT answers: <strong>top800</strong> (5.7)" in said
     assert "At 800 pairs, the reward-filtered top800 (5.7) beats the random control random800 (4.5)" in said
     assert "At 400 pairs, the reward-filtered top400 (3) does not beat the random control random400 (3.5)" in said
+    assert "sound answers" not in said  # older records have no such column
+    rows[1]["test_loss_sound"], rows[3]["test_loss_sound"] = 0.9, 1.4
+    said = " ".join(study_findings(rows))
+    assert "Lowest test loss on the sound answers only: <strong>top800</strong> (0.9)" in said
 
 
 @pytest.mark.parametrize("budgets, r2, says", [

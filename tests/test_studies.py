@@ -1,6 +1,7 @@
 """Study points and tables (the DVC mechanics run end to end in test_pipeline)."""
 
 import pandas as pd
+import pytest
 
 from gptpipe.studies import (
     COURSE_SIZES, FILTER_METRICS, JUDGE_SFT, SFT_METRICS, SFT_SERIES, data_quality_points, data_quality_sizes,
@@ -30,7 +31,8 @@ def test_data_quality_table_reads_filter_sft_and_judge_metrics():
         metrics = {
             FILTER_METRICS: {"by": by, "kept": kept, "threshold": 1.5 if by != "random" else None,
                              "flawed_fraction_kept": 0.1},
-            SFT_METRICS: {"epochs": 2.4, "train_loss": loss + 0.1, "test_loss": loss},
+            SFT_METRICS: {"epochs": 2.4, "train_loss": loss + 0.1, "test_loss": loss,
+                          **({"test_sound_loss": loss - 0.5} if by != "random" else {})},
             JUDGE_SFT: {"mean_reward": reward, "ci_low": reward - 0.2, "ci_high": reward + 0.2, "exact_answer_accuracy": 0.25},
         }
         return Result(label, f"data-quality-{label}", {}, metrics, {SFT_SERIES: pd.DataFrame()})
@@ -40,6 +42,8 @@ def test_data_quality_table_reads_filter_sft_and_judge_metrics():
     assert table["sft_reward"].tolist() == [2.0, 0.5]
     assert table["reward_ci"].iloc[0] == "[1.800, 2.200]"
     assert table["threshold"].isna().tolist() == [False, True]
+    assert table["test_loss_sound"].iloc[0] == pytest.approx(1.2)  # an older record without it: blank
+    assert table["test_loss_sound"].isna().tolist() == [False, True]
 
 
 def test_a_missing_value_reads_as_a_dash_in_the_markdown_table(tmp_path):
