@@ -545,13 +545,20 @@ def _judged_findings(rows: Sequence[dict[str, Any]]) -> list[str]:
     if best:
         said.append(f"Highest judged reward of the SFT answers: <strong>{esc(', '.join(best[0]))}</strong> "
                     f"({fmt(best[1])}).")
+    return said + _against_controls(rows, column, higher_is_better=True, measure="")
+
+
+def _against_controls(rows: Sequence[dict[str, Any]], column: str, *, higher_is_better: bool, measure: str) -> list[str]:
+    """Each random control against the reward-filtered subset of the same size, on one column."""
+    said = []
     for control in (r for r in rows if r.get("by") == "random" and _is_number(r.get(column))):
         top = next((r for r in rows if r.get("by") != "random" and r.get("pairs") == control.get("pairs")
                     and _is_number(r.get(column))), None)
         if top is not None:
-            verdict = "beats" if top[column] > control[column] else "does not beat"
-            said.append(f"At {fmt(control['pairs'])} pairs, the reward-filtered {esc(row_label(top))} "
-                        f"({fmt(top[column])}) {verdict} the random control {esc(row_label(control))} ({fmt(control[column])}).")
+            wins = top[column] > control[column] if higher_is_better else top[column] < control[column]
+            said.append(f"At {fmt(control['pairs'])} pairs{measure}, the reward-filtered {esc(row_label(top))} "
+                        f"({fmt(top[column])}) {'beats' if wins else 'does not beat'} the random control "
+                        f"{esc(row_label(control))} ({fmt(control[column])}).")
     return said
 
 
@@ -566,6 +573,8 @@ def study_findings(rows: Sequence[dict[str, Any]]) -> list[str]:
     if sound:
         said.append(f"Lowest test loss on the sound answers only: <strong>{esc(', '.join(sound[0]))}</strong> "
                     f"({fmt(sound[1])}).")
+        said += _against_controls(rows, "test_loss_sound", higher_is_better=False,
+                                  measure=", by the test loss on sound answers (no judge involved)")
     said += _judged_findings(rows)
     reach = extremes(rows, "tokens_to_target")
     if reach:

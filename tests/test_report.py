@@ -314,6 +314,8 @@ def test_data_quality_findings_set_each_random_control_against_the_top_subset_of
     rows[1]["test_loss_sound"], rows[3]["test_loss_sound"] = 0.9, 1.4
     said = " ".join(study_findings(rows))
     assert "Lowest test loss on the sound answers only: <strong>top800</strong> (0.9)" in said
+    assert ("At 800 pairs, by the test loss on sound answers (no judge involved), the reward-filtered top800 "
+            "(0.9) beats the random control random800 (1.4)") in said
 
 
 @pytest.mark.parametrize("budgets, r2, says", [
