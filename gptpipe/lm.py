@@ -164,14 +164,15 @@ def sound_test_pairs(test: pa.Table, raw_test: Path) -> pa.Table | None:
 
     The test loss on every chosen response rewards imitating the flawed ones too (30% of the
     synthetic data); this subset asks how well a model predicts the answers it should give.
-    None where the data has no ground truth (HH).
+    None where the data has no ground truth (HH), or no sound pair to measure on.
     """
     if "flawed" not in pq.read_schema(raw_test).names:
         return None
     truth = pq.read_table(raw_test, columns=["id", "flawed"])
     sound_ids = {i for i, flawed in zip(truth["id"].to_pylist(), truth["flawed"].to_pylist(), strict=True)
                  if not flawed}
-    return test.filter(pa.array([i in sound_ids for i in test["id"].to_pylist()], pa.bool_()))
+    sound = test.filter(pa.array([i in sound_ids for i in test["id"].to_pylist()], pa.bool_()))
+    return sound if sound.num_rows else None
 
 
 def read_tables(tokenized: Path) -> dict:

@@ -73,10 +73,14 @@ def test_sound_test_pairs_are_the_tokenized_pairs_the_ground_truth_calls_sound(t
     assert sound.schema == test.schema
 
 
-def test_data_without_ground_truth_has_no_sound_subset(tokenized, tmp_path):
-    raw = tmp_path / "hh.parquet"  # the HH layout: no meta columns
-    pd.read_parquet(tokenized.parent / "raw" / "test.parquet")[["id", "prompt", "chosen", "rejected"]].to_parquet(raw)
-    assert sound_test_pairs(read_arrow(tokenized / "test.arrow"), raw) is None
+def test_data_without_ground_truth_or_sound_answers_has_no_sound_subset(tokenized, tmp_path):
+    pairs = pd.read_parquet(tokenized.parent / "raw" / "test.parquet")
+    test = read_arrow(tokenized / "test.arrow")
+    pairs[["id", "prompt", "chosen", "rejected"]].to_parquet(tmp_path / "hh.parquet")  # HH: no meta columns
+    assert sound_test_pairs(test, tmp_path / "hh.parquet") is None
+    # synthetic.flawed_fraction: 1.0 leaves nothing to measure on: no eval set, not a 0/0 loss
+    pairs.assign(flawed=True).to_parquet(tmp_path / "all-flawed.parquet")
+    assert sound_test_pairs(test, tmp_path / "all-flawed.parquet") is None
 
 
 def test_the_sound_answer_loss_is_logged_and_leaves_training_alone(tiny_params, tokenized, tmp_path, monkeypatch):
