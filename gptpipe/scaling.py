@@ -197,7 +197,7 @@ def compute_optimal_table(results: pd.DataFrame) -> tuple[pd.DataFrame, dict[str
     rows = [_budget_row(budget, group) for budget, group in runs.groupby("budget", sort=True)]
     table = pd.DataFrame(rows)
     valid = table[table["fit_valid"]]
-    bracketed = valid[valid["fit_inside"]]
+    bracketed = _bracketed(table)
     summary: dict[str, Any] = {
         "n_runs": len(runs),
         "budgets": [float(b) for b in table["budget"]],
@@ -213,6 +213,11 @@ def compute_optimal_table(results: pd.DataFrame) -> tuple[pd.DataFrame, dict[str
     }
     summary.update(_exponents(bracketed))
     return table.drop(columns="fit_note"), summary
+
+
+def _bracketed(table: pd.DataFrame) -> pd.DataFrame:
+    """The budgets whose fitted vertex lies inside the sizes run: the only ones the exponents use."""
+    return table[table["fit_valid"] & table["fit_inside"]]
 
 
 def _usable_runs(results: pd.DataFrame) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
@@ -326,7 +331,7 @@ def _data_regime_sentence(table: pd.DataFrame, summary: dict[str, Any]) -> str:
         return f"{span}; Chinchilla's compute-optimal models see about {CHINCHILLA_TOKENS_PER_PARAM}."
     said = (f"{span}, far below the ~{CHINCHILLA_TOKENS_PER_PARAM} of Chinchilla's compute-optimal models: "
             "by that measure every run is data-starved, and smaller sizes should win.")
-    bracketed = table[table["fit_valid"] & table["fit_inside"]]
+    bracketed = _bracketed(table)
     if len(bracketed) < len(table):
         said += " Where the optimum is not bracketed, smaller shapes (or larger budgets) are needed to pin it down."
     if len(bracketed):
@@ -433,7 +438,7 @@ def _plot_optimum_vs_budget(table: pd.DataFrame, summary: dict[str, Any], path: 
     fig, axes = plt.subplots(1, 2, figsize=(9, 4), dpi=110, sharex=True)
     for ax, quantity, ylabel in zip(axes, ("n_opt", "d_opt"), ("N_opt (parameters)", "D_opt (tokens)"),
                                     strict=True):
-        inside = table[table["fit_valid"] & table["fit_inside"]]
+        inside = _bracketed(table)
         outside = table[table["fit_valid"] & ~table["fit_inside"]]
         fallback = table[~table["fit_valid"]]
         ax.scatter(inside["budget"], inside[f"fitted_{quantity}"], color="C0", label="parabola vertex")
