@@ -140,7 +140,7 @@ def study(
     report: Annotated[bool, typer.Option("--report", help="Rebuild the table from experiments already run.")] = False,
 ) -> None:
     """Run a study as DVC experiments (one per point) and compile its table and PNG."""
-    from gptpipe.studies import STUDIES, run_study
+    from gptpipe.studies.definitions import STUDIES, run_study
     from gptpipe.tables import markdown_table
 
     if name not in STUDIES:
@@ -169,8 +169,8 @@ def chat(
 
     from transformers.utils import logging as hf_logging
 
-    from gptpipe.chat import run_chat
-    from gptpipe.generate import Sampling
+    from gptpipe.evaluation.chat import run_chat
+    from gptpipe.evaluation.generate import Sampling
 
     hf_logging.disable_progress_bar()  # a "Loading weights" bar would clutter the conversation
     try:
@@ -185,7 +185,7 @@ def bench_sft(
     steps: Annotated[int, typer.Option(help="Optimizer steps each side runs (after 2 warm-up steps).")] = 20,
 ) -> None:
     """SFT tokens/s of gptpipe's loop against Hugging Face Trainer (group_by_length), in one run."""
-    from gptpipe.bench import compare_with_trainer
+    from gptpipe.train.bench import compare_with_trainer
 
     try:
         compare_with_trainer(load_params(params), Path("data/tokenized"), steps=steps)

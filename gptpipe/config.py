@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from gptpipe.errors import UserError
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "galore")
-# GPT-2 block projections LoRA may wrap (module-path suffixes; see gptpipe.lora).
+# GPT-2 block projections LoRA may wrap (module-path suffixes; see gptpipe.models.lora).
 LORA_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 PositiveInt = Annotated[int, Field(gt=0)]

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptpipe.config import Params
-from gptpipe.model import HUB_GPT2
-from gptpipe.sources import HF_DATASET
+from gptpipe.models.gpt2 import HUB_GPT2
+from gptpipe.data.sources import HF_DATASET
 
 HUB_TIMEOUT_S = 10
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from gptpipe.config import load_params
 from gptpipe.errors import run_or_exit
-from gptpipe.sources import download
+from gptpipe.data.sources import download
 
 
 def main() -> None:

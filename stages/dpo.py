@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from gptpipe.config import load_params
-from gptpipe.dpo import run_dpo
+from gptpipe.train.dpo import run_dpo
 from gptpipe.errors import run_or_exit
 
 

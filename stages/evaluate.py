@@ -4,7 +4,7 @@ from pathlib import Path
 
 from gptpipe.config import load_params
 from gptpipe.errors import run_or_exit
-from gptpipe.evaluate import run_evaluate
+from gptpipe.evaluation.judge import run_evaluate
 
 
 def main() -> None:

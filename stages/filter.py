@@ -4,7 +4,7 @@ from pathlib import Path
 
 from gptpipe.config import load_params
 from gptpipe.errors import run_or_exit
-from gptpipe.quality import run_filter
+from gptpipe.evaluation.scores import run_filter
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gptpipe.config import load_params
 from gptpipe.errors import run_or_exit
-from gptpipe.generate import model_folder, run_generate
+from gptpipe.evaluation.generate import model_folder, run_generate
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from gptpipe.config import load_params
 from gptpipe.errors import run_or_exit
-from gptpipe.evaluate import run_judge
+from gptpipe.evaluation.judge import run_judge
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from gptpipe.config import load_params
 from gptpipe.errors import run_or_exit
-from gptpipe.report import build_report, git_commit
+from gptpipe.report.page import build_report, git_commit
 
 
 def main() -> None:

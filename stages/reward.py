@@ -4,7 +4,7 @@ from pathlib import Path
 
 from gptpipe.config import load_params
 from gptpipe.errors import run_or_exit
-from gptpipe.quality import run_reward
+from gptpipe.evaluation.scores import run_reward
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from gptpipe.config import load_params
 from gptpipe.errors import run_or_exit
-from gptpipe.compute_optimal import run_scaling
+from gptpipe.scaling.runs import run_scaling
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from gptpipe.config import load_params
 from gptpipe.errors import run_or_exit
-from gptpipe.lm import run_sft
+from gptpipe.train.language_model import run_sft
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from gptpipe.config import load_params
 from gptpipe.errors import run_or_exit
-from gptpipe.tokenizer import run_tokenize
+from gptpipe.data.tokenizer import run_tokenize
 
 
 def main() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from gptpipe.config import parse_params
-from gptpipe.sources import download
-from gptpipe.tokenizer import run_tokenize
+from gptpipe.data.sources import download
+from gptpipe.data.tokenizer import run_tokenize
 from tiny import TINY
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Tests for gptpipe.bench: the two sides of the Trainer comparison do the same work.
+"""Tests for gptpipe.train.bench: the two sides of the Trainer comparison do the same work.
 
 No timing is asserted (machines are noisy); what is checked is what makes the timing a fair
 comparison: the same losses and gradients on the same batches, the same tokens per step, and a
@@ -14,8 +14,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from gptpipe.batches import IGNORE, StepPlan, collate
-from gptpipe.bench import (
+from gptpipe.data.batches import IGNORE, StepPlan, collate
+from gptpipe.train.bench import (
     PadToLongest,
     as_example,
     compare_with_trainer,
@@ -24,8 +24,8 @@ from gptpipe.bench import (
     sft_examples,
 )
 from gptpipe.config import ModelConfig, Params, SharedConfig, TokenizeConfig, TrainConfig
-from gptpipe.model import build_scratch
-from gptpipe.tokenizer import EOT_ID, write_arrow
+from gptpipe.models.gpt2 import build_scratch
+from gptpipe.data.tokenizer import EOT_ID, write_arrow
 
 TINY = Params(
     shared=SharedConfig(device="cpu"),

@@ -8,11 +8,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from gptpipe.chat import chat_loop, run_chat
+from gptpipe.evaluation.chat import chat_loop, run_chat
 from gptpipe.cli import app
 from gptpipe.errors import UserError
-from gptpipe.generate import Sampling
-from gptpipe.model import build_scratch, save_model
+from gptpipe.evaluation.generate import Sampling
+from gptpipe.models.gpt2 import build_scratch, save_model
 
 SAMPLING = Sampling(max_new_tokens=8, temperature=0.7, top_p=0.9)
 

@@ -1,4 +1,4 @@
-"""DPO (gptpipe.dpo): each loss equals its formula, the policy at init is its reference (loss log 2,
+"""DPO (gptpipe.train.dpo): each loss equals its formula, the policy at init is its reference (loss log 2,
 zero margins) whichever way the reference is had, the cached and live references give the same
 losses and gradients, a few steps teach the implicit reward to order unseen pairs, and the stage
 writes a loadable model, metrics and plots, with LoRA too."""
@@ -12,16 +12,16 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from gptpipe.batches import StepPlan, collate_pairs, eval_sample, pair_examples
+from gptpipe.data.batches import StepPlan, collate_pairs, eval_sample, pair_examples
 from gptpipe.config import SharedConfig, parse_params
-from gptpipe.dpo import DirectPreference, cache_reference, pair_losses, pair_stats, reference_logprobs, run_dpo
+from gptpipe.train.dpo import DirectPreference, cache_reference, pair_losses, pair_stats, reference_logprobs, run_dpo
 from gptpipe.errors import UserError
-from gptpipe.flops import ModelShape
-from gptpipe.lora import LoRALinear, apply_lora
-from gptpipe.model import build_scratch, save_model
-from gptpipe.objectives import response_logprobs
-from gptpipe.tokenizer import read_arrow
-from gptpipe.train import evaluate, make_runtime, train
+from gptpipe.train.flops import ModelShape
+from gptpipe.models.lora import LoRALinear, apply_lora
+from gptpipe.models.gpt2 import build_scratch, save_model
+from gptpipe.train.objectives import response_logprobs
+from gptpipe.data.tokenizer import read_arrow
+from gptpipe.train.loop import evaluate, make_runtime, train
 from tiny import TINY
 
 BETA = 0.1

@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from gptpipe.errors import UserError
-from gptpipe.evaluate import mean_interval, run_evaluate, run_judge, win_rate, win_rates
-from gptpipe.model import build_scratch
-from gptpipe.quality import run_score
-from gptpipe.reward import reward_model_from, save_reward_model
+from gptpipe.evaluation.judge import mean_interval, run_evaluate, run_judge, win_rate, win_rates
+from gptpipe.models.gpt2 import build_scratch
+from gptpipe.evaluation.scores import run_score
+from gptpipe.models.reward import reward_model_from, save_reward_model
 
 
 def test_win_rate_counts_ties_half():

@@ -1,4 +1,4 @@
-"""Tests for gptpipe.flops: parameter counts, the three FLOP conventions, MFU and peak FLOP/s."""
+"""Tests for gptpipe.train.flops: parameter counts, the three FLOP conventions, MFU and peak FLOP/s."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gptpipe.flops import (
+from gptpipe.train.flops import (
     GPT2_SHAPES,
     ModelShape,
     chinchilla_forward_flops,

@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gptpipe.galore import GaLoreAdamW, adamw_state_elements, galore_state_elements
-from gptpipe.optim import memory_split
+from gptpipe.train.galore import GaLoreAdamW, adamw_state_elements, galore_state_elements
+from gptpipe.train.optim import memory_split
 
 
 @pytest.fixture(autouse=True, scope="module")

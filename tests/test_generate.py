@@ -11,11 +11,11 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 
 from gptpipe.config import parse_params
 from gptpipe.errors import UserError
-from gptpipe.generate import (
+from gptpipe.evaluation.generate import (
     Sampling, answer_of, filter_logits, generate, next_tokens, run_generate, sample_prompts, stop_reason,
 )
-from gptpipe.model import build_scratch, save_model
-from gptpipe.tokenizer import EOT_ID, encode
+from gptpipe.models.gpt2 import build_scratch, save_model
+from gptpipe.data.tokenizer import EOT_ID, encode
 from tiny import TINY
 
 GREEDY = Sampling(max_new_tokens=12, temperature=0)

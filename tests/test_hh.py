@@ -4,10 +4,10 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from gptpipe import hh
+from gptpipe.data import hh
 from gptpipe.config import DataConfig
-from gptpipe.hh import DataFileError, ParseReport, parse_records, read_jsonl
-from gptpipe.sources import SourceUnreachable, download, read_hub
+from gptpipe.data.hh import DataFileError, ParseReport, parse_records, read_jsonl
+from gptpipe.data.sources import SourceUnreachable, download, read_hub
 
 GOOD = {"chosen": "\n\nHuman: Hi?\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi?\n\nAssistant: Go away."}
 

@@ -10,10 +10,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from gptpipe.config import LoraConfig, parse_params
-from gptpipe.lm import add_lora, run_sft, sound_test_pairs
-from gptpipe.lora import LoRALinear
-from gptpipe.model import build_scratch, save_model
-from gptpipe.tokenizer import read_arrow
+from gptpipe.train.language_model import add_lora, run_sft, sound_test_pairs
+from gptpipe.models.lora import LoRALinear
+from gptpipe.models.gpt2 import build_scratch, save_model
+from gptpipe.data.tokenizer import read_arrow
 from tiny import TINY
 
 

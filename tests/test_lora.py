@@ -1,4 +1,4 @@
-"""LoRA (gptpipe.lora): equal to its base at init, trains only A and B, merges and reloads without
+"""LoRA (gptpipe.models.lora): equal to its base at init, trains only A and B, merges and reloads without
 gptpipe, and matches PEFT's LoRA in outputs and gradients given the same A and B."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
-from gptpipe.lora import (
+from gptpipe.models.lora import (
     TARGETS,
     LoRALinear,
     apply_lora,

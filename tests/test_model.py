@@ -5,8 +5,8 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from gptpipe.config import ModelConfig
-from gptpipe.lm import run_base
-from gptpipe.model import ModelUnreachable, build_scratch, load_model, load_pretrained, save_model
+from gptpipe.train.language_model import run_base
+from gptpipe.models.gpt2 import ModelUnreachable, build_scratch, load_model, load_pretrained, save_model
 
 
 def test_hub_id_offline_names_the_local_folder_option(monkeypatch):

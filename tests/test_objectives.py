@@ -2,9 +2,9 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gptpipe.batches import IGNORE, LMExample, collate, epoch_plan
-from gptpipe.lm_head import linear_cross_entropy
-from gptpipe.objectives import LanguageModelling
+from gptpipe.data.batches import IGNORE, LMExample, collate, epoch_plan
+from gptpipe.train.lm_head import linear_cross_entropy
+from gptpipe.train.objectives import LanguageModelling
 
 
 def tiny_model(seed: int = 0) -> GPT2LMHeadModel:

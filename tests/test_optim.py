@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from gptpipe.config import OPTIMIZERS, TrainConfig
-from gptpipe.model import build_scratch
-from gptpipe.optim import DEFAULT_LR, build_optimizer, memory_split, theoretical_state_bytes
+from gptpipe.models.gpt2 import build_scratch
+from gptpipe.train.optim import DEFAULT_LR, build_optimizer, memory_split, theoretical_state_bytes
 from tiny import run_tiny
 
 

@@ -2,10 +2,10 @@
 
 import torch
 
-from gptpipe.batches import IGNORE, PairExample, collate_pairs, pair_examples
-from gptpipe.model import build_scratch
-from gptpipe.objectives import response_logprobs
-from gptpipe.tokenizer import read_arrow
+from gptpipe.data.batches import IGNORE, PairExample, collate_pairs, pair_examples
+from gptpipe.models.gpt2 import build_scratch
+from gptpipe.train.objectives import response_logprobs
+from gptpipe.data.tokenizer import read_arrow
 
 
 def pairs() -> list[PairExample]:
@@ -42,7 +42,7 @@ def _reference_logprobs(model, batch) -> torch.Tensor:
 
 
 def test_response_logprobs_equal_the_full_softmax_and_its_gradients(tiny_params, monkeypatch):
-    import gptpipe.objectives as objectives
+    import gptpipe.train.objectives as objectives
 
     monkeypatch.setattr(objectives, "CHUNK_ROWS", 3)  # several chunks, one of them partial
     model = build_scratch(tiny_params.model, 0)

@@ -17,13 +17,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from gptpipe import plots
+from gptpipe import figures as plots
 from gptpipe.config import parse_params
 from gptpipe.errors import UserError
 from gptpipe.files import write_json, write_tsv
-from gptpipe.report import build_report, fmt, markdown_html, scaling_findings, study_findings
-from gptpipe.scaling import write_scaling_report
-from gptpipe.study import write_record, write_table
+from gptpipe.report.page import build_report, fmt, markdown_html, scaling_findings, study_findings
+from gptpipe.scaling.fit import write_scaling_report
+from gptpipe.studies.runner import write_record, write_table
 
 MIB = 2**20
 MEMORY = {"parameters_bytes": 27449856, "gradients_bytes": 27449856, "optimizer_state_bytes": 54899824,
@@ -204,7 +204,7 @@ def test_a_build_that_fails_while_writing_leaves_the_earlier_report_as_it_was(pr
         raise OSError(28, "No space left on device")
 
     write_json(project / "metrics/sft.json", {**SFT, "test_loss": 1.5})  # a page that would differ
-    monkeypatch.setattr("gptpipe.report.shutil.copyfile", disk_full)  # index.html written, PNGs not
+    monkeypatch.setattr("gptpipe.report.page.shutil.copyfile", disk_full)  # index.html written, PNGs not
     with pytest.raises(OSError, match="No space left"):
         build(project)
 

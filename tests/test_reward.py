@@ -11,15 +11,15 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, PreTrainedTokenizerFast
 
-from gptpipe.batches import PairExample, pair_examples
+from gptpipe.data.batches import PairExample, pair_examples
 from gptpipe.errors import UserError
-from gptpipe.lm import run_base
-from gptpipe.quality import auc, run_reward, run_score
-from gptpipe.reward import (
+from gptpipe.train.language_model import run_base
+from gptpipe.evaluation.scores import auc, run_reward, run_score
+from gptpipe.models.reward import (
     MARKER, BradleyTerry, RewardUnreachable, bradley_terry_loss, load_hub_classifier, load_scorer,
     reward_model_from, sequence_rewards,
 )
-from gptpipe.tokenizer import read_arrow
+from gptpipe.data.tokenizer import read_arrow
 
 
 def test_bradley_terry_loss_equals_the_formula_on_hand_values():
@@ -167,7 +167,7 @@ def _scored(tmp_path, tokenized, rewards):
 
 
 def _filter(tiny_params, tokenized, tmp_path, **update):
-    from gptpipe.quality import run_filter
+    from gptpipe.evaluation.scores import run_filter
 
     params = tiny_params.model_copy(update={"filter": tiny_params.filter.model_copy(update=update)})
     return run_filter(params, tmp_path / "scored", tokenized, tmp_path / "subsets", tmp_path / "filter.json")

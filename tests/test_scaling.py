@@ -1,4 +1,4 @@
-"""Tests for gptpipe.scaling: run planning, isoFLOP parabola fits, power laws, the report.
+"""Tests for gptpipe.scaling.fit: run planning, isoFLOP parabola fits, power laws, the report.
 
 The compute-optimal check uses data generated from Chinchilla's fitted loss law (Hoffmann et al.
 2022, eq. 10 and Sec. D.2: E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28), whose optimum is known
@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gptpipe.flops import ModelShape, count_params, flops_6nd
-from gptpipe.scaling import (
+from gptpipe.train.flops import ModelShape, count_params, flops_6nd
+from gptpipe.scaling.fit import (
     RunPlan,
     compute_optimal_table,
     fit_isoflop,

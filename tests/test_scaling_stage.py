@@ -5,8 +5,8 @@ import pytest
 
 from gptpipe.config import ParamsError, parse_params
 from gptpipe.errors import UserError
-from gptpipe.flops import count_params
-from gptpipe.compute_optimal import _scaling_shape, run_scaling
+from gptpipe.train.flops import count_params
+from gptpipe.scaling.runs import _scaling_shape, run_scaling
 from tiny import TINY
 
 

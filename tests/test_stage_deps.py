@@ -26,7 +26,7 @@ def _direct_imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "gptpipe":
             found.add(node.module)
-            # `from gptpipe import plots` imports the module gptpipe/plots.py
+            # `from gptpipe import plots` imports the module gptpipe/figures.py
             found |= {f"{node.module}.{alias.name}" for alias in node.names}
         elif isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.split(".")[0] == "gptpipe"}
@@ -59,6 +59,6 @@ def test_stage_deps_are_the_modules_its_script_imports(name):
 
 
 def test_the_closure_follows_imports_through_modules():
-    # stages/sft.py imports gptpipe.lm only; lm imports train, which imports optim, which imports galore.
+    # stages/sft.py imports gptpipe.train.language_model only; lm imports train, which imports optim, which imports galore.
     closure = _import_closure("stages/sft.py")
-    assert {"gptpipe/lm.py", "gptpipe/train.py", "gptpipe/optim.py", "gptpipe/galore.py"} <= closure
+    assert {"gptpipe/train/language_model.py", "gptpipe/train/loop.py", "gptpipe/train/optim.py", "gptpipe/train/galore.py"} <= closure

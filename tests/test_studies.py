@@ -3,11 +3,11 @@
 import pandas as pd
 import pytest
 
-from gptpipe.studies import (
+from gptpipe.studies.definitions import (
     COURSE_SIZES, FILTER_METRICS, JUDGE_SFT, SFT_METRICS, SFT_SERIES, data_quality_points, data_quality_sizes,
     data_quality_table,
 )
-from gptpipe.study import Result
+from gptpipe.studies.runner import Result
 
 
 def test_course_sizes_on_helpful_base_and_the_same_fractions_on_a_small_split():
@@ -47,7 +47,7 @@ def test_data_quality_table_reads_filter_sft_and_judge_metrics():
 
 
 def test_a_missing_value_reads_as_a_dash_in_the_markdown_table(tmp_path):
-    from gptpipe.study import write_table
+    from gptpipe.studies.runner import write_table
 
     table = pd.DataFrame({"subset": ["top800", "random800"], "threshold": [5.83712, float("nan")]})
     write_table(table, tmp_path, "t", ["a note"])

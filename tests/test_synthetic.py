@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gptpipe.synthetic import generate_records, generate_splits, response_is_correct
+from gptpipe.data.synthetic import generate_records, generate_splits, response_is_correct
 
 # The quality ladder as specified, best first; kept here rather than imported so the
 # test checks the code against the spec instead of against itself.

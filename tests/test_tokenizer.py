@@ -2,9 +2,9 @@ import pyarrow as pa
 import pytest
 from datasets import Dataset
 
-from gptpipe import tokenizer
+from gptpipe.data import tokenizer
 from gptpipe.config import TokenizeConfig
-from gptpipe.tokenizer import EOT_ID, TokenizerFilesError, encode, fit_pair, read_arrow, tokenize_split
+from gptpipe.data.tokenizer import EOT_ID, TokenizerFilesError, encode, fit_pair, read_arrow, tokenize_split
 
 
 def test_real_gpt2_ids():

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from gptpipe.config import TrainConfig
-from gptpipe.lm import run_base
-from gptpipe.train import scheduled_lr
+from gptpipe.train.language_model import run_base
+from gptpipe.train.loop import scheduled_lr
 from tiny import run_tiny as _run
 
 WORKER = Path(__file__).parent / "train_worker.py"

@@ -1,12 +1,12 @@
 """The tiny params every training test uses (each knob the stages read, shrunk), and a tiny run."""
 
-from gptpipe.batches import StepPlan, eval_sample, lm_examples
+from gptpipe.data.batches import StepPlan, eval_sample, lm_examples
 from gptpipe.config import SharedConfig, TrainConfig
-from gptpipe.flops import ModelShape
-from gptpipe.model import build_scratch
-from gptpipe.objectives import LanguageModelling
-from gptpipe.tokenizer import read_arrow
-from gptpipe.train import make_runtime, train
+from gptpipe.train.flops import ModelShape
+from gptpipe.models.gpt2 import build_scratch
+from gptpipe.train.objectives import LanguageModelling
+from gptpipe.data.tokenizer import read_arrow
+from gptpipe.train.loop import make_runtime, train
 
 TINY = {
     "data": {"synthetic": {"n_train": 300, "n_test": 60, "flawed_fraction": 0.3, "max_turns": 2}},

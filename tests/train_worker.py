@@ -15,13 +15,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny import TINY  # noqa: E402
 
-from gptpipe.batches import StepPlan, eval_sample, lm_examples  # noqa: E402
+from gptpipe.data.batches import StepPlan, eval_sample, lm_examples  # noqa: E402
 from gptpipe.config import parse_params  # noqa: E402
-from gptpipe.flops import ModelShape  # noqa: E402
-from gptpipe.model import build_scratch  # noqa: E402
-from gptpipe.objectives import LanguageModelling  # noqa: E402
-from gptpipe.tokenizer import read_arrow  # noqa: E402
-from gptpipe.train import make_runtime, train  # noqa: E402
+from gptpipe.train.flops import ModelShape  # noqa: E402
+from gptpipe.models.gpt2 import build_scratch  # noqa: E402
+from gptpipe.train.objectives import LanguageModelling  # noqa: E402
+from gptpipe.data.tokenizer import read_arrow  # noqa: E402
+from gptpipe.train.loop import make_runtime, train  # noqa: E402
 
 
 def main() -> None:

@@ -17,16 +17,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gptpipe import plots
-from gptpipe.batches import StepPlan, eval_sample, pair_examples
+from gptpipe import figures as plots
+from gptpipe.data.batches import StepPlan, eval_sample, pair_examples
 from gptpipe.config import Params
 from gptpipe.errors import UserError
 from gptpipe.files import atomic_path, write_json, write_tsv
-from gptpipe.flops import ModelShape
-from gptpipe.lm import CHECKPOINT_DIR, read_tables, run_key
-from gptpipe.reward import BradleyTerry, load_hub_classifier, load_scorer, reward_model_from, save_reward_model
-from gptpipe.tokenizer import read_arrow, write_arrow
-from gptpipe.train import evaluate, make_runtime, train
+from gptpipe.train.flops import ModelShape
+from gptpipe.train.language_model import CHECKPOINT_DIR, read_tables, run_key
+from gptpipe.models.reward import BradleyTerry, load_hub_classifier, load_scorer, reward_model_from, save_reward_model
+from gptpipe.data.tokenizer import read_arrow, write_arrow
+from gptpipe.train.loop import evaluate, make_runtime, train
 
 SERIES_COLUMNS = ("step", "tokens", "flops", "lr", "train_loss", "test_loss", "train_accuracy", "test_accuracy")
 

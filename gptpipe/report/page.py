@@ -4,7 +4,7 @@ The page is what a student hands in and a researcher skims: each finding is stat
 numbers next to its table and figure, with the params and the regime it came from. A section whose
 inputs do not exist yet says so in one line, with the command that produces them.
 
-Markdown: the study tables (`gptpipe.study.write_table`: a pandas pipe table, then "- " notes) and
+Markdown: the study tables (`gptpipe.studies.runner.write_table`: a pandas pipe table, then "- " notes) and
 `compute_optimal.md` (a heading, paragraphs, a table) are written by our own code, so they use a
 small fixed subset of markdown. A converter for that subset (below, ~60 lines) is enough, lets table
 cells be reformatted for people (thousands separators, humane column names, the best row marked),

@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
-from gptpipe.batches import IGNORE, Batch, collate
-from gptpipe.lm_head import CHUNK_ROWS, linear_cross_entropy
+from gptpipe.data.batches import IGNORE, Batch, collate
+from gptpipe.train.lm_head import CHUNK_ROWS, linear_cross_entropy
 
 
 class LanguageModelling(nn.Module):

@@ -32,17 +32,17 @@ from torch import nn
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from gptpipe.batches import PairBatch, PairExample, StepPlan, collate_pairs, eval_sample, pair_examples
+from gptpipe.data.batches import PairBatch, PairExample, StepPlan, collate_pairs, eval_sample, pair_examples
 from gptpipe.config import DpoConfig, Params
 from gptpipe.errors import UserError
 from gptpipe.files import write_json, write_tsv
-from gptpipe.flops import ModelShape, count_params
-from gptpipe.lm import CHECKPOINT_DIR, add_lora, read_tables, run_key, save_finetuned
-from gptpipe.lora import LoRALinear, adapters_disabled
-from gptpipe.model import load_model
-from gptpipe.objectives import response_logprobs
-from gptpipe.plots import dpo_curves
-from gptpipe.train import Runtime, autocast, make_runtime, train
+from gptpipe.train.flops import ModelShape, count_params
+from gptpipe.train.language_model import CHECKPOINT_DIR, add_lora, read_tables, run_key, save_finetuned
+from gptpipe.models.lora import LoRALinear, adapters_disabled
+from gptpipe.models.gpt2 import load_model
+from gptpipe.train.objectives import response_logprobs
+from gptpipe.figures import dpo_curves
+from gptpipe.train.loop import Runtime, autocast, make_runtime, train
 
 LOSSES = ("sigmoid", "ipo")
 REFERENCES = ("cached", "live")
@@ -149,7 +149,7 @@ class DirectPreference(nn.Module):
             if batch.ref_logps is None:
                 raise ValueError(
                     "reference='cached' but the batch has no reference log-probs: build the examples "
-                    "with gptpipe.dpo.reference_logprobs, or use reference='live'"
+                    "with gptpipe.train.dpo.reference_logprobs, or use reference='live'"
                 )
             return batch.ref_logps
         with torch.no_grad():

@@ -18,16 +18,16 @@ import pyarrow.parquet as pq
 import torch
 from transformers import PreTrainedModel
 
-from gptpipe import plots
-from gptpipe.batches import StepPlan, eval_sample, lm_examples
+from gptpipe import figures as plots
+from gptpipe.data.batches import StepPlan, eval_sample, lm_examples
 from gptpipe.config import LoraConfig, Params, TrainConfig
 from gptpipe.files import atomic_path, write_json, write_tsv
-from gptpipe.flops import ModelShape, count_params
-from gptpipe.lora import apply_lora, merge_lora, save_adapter
-from gptpipe.model import build_scratch, load_model, load_pretrained, save_model
-from gptpipe.objectives import LanguageModelling
-from gptpipe.tokenizer import read_arrow
-from gptpipe.train import Runtime, estimate_loss, make_runtime, train
+from gptpipe.train.flops import ModelShape, count_params
+from gptpipe.models.lora import apply_lora, merge_lora, save_adapter
+from gptpipe.models.gpt2 import build_scratch, load_model, load_pretrained, save_model
+from gptpipe.train.objectives import LanguageModelling
+from gptpipe.data.tokenizer import read_arrow
+from gptpipe.train.loop import Runtime, estimate_loss, make_runtime, train
 
 CHECKPOINT_DIR = Path(".gptpipe/checkpoints")  # git-ignored, not a DVC output (DVC-NOTES 19)
 SERIES_COLUMNS = ("step", "tokens", "flops", "lr", "train_loss", "test_loss")

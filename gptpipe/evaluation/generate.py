@@ -40,9 +40,9 @@ from transformers import PreTrainedModel
 from gptpipe.config import GenerateConfig, Params
 from gptpipe.errors import UserError
 from gptpipe.files import atomic_path, write_json
-from gptpipe.hh import HUMAN
-from gptpipe.model import load_model
-from gptpipe.tokenizer import EOT_ID, encode, gpt2_encoding
+from gptpipe.data.hh import HUMAN
+from gptpipe.models.gpt2 import load_model
+from gptpipe.data.tokenizer import EOT_ID, encode, gpt2_encoding
 
 STOP_TEXT = HUMAN.encode()  # "\n\nHuman:": the model has begun the user's next turn
 STOP_REASONS = ("eot", "human", "length")
@@ -337,7 +337,7 @@ def run_generate(
 
 
 def _device(params: Params) -> torch.device:
-    from gptpipe.train import make_runtime
+    from gptpipe.train.loop import make_runtime
 
     return make_runtime(params.shared).device
 

@@ -23,14 +23,14 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from gptpipe import plots
+from gptpipe import figures as plots
 from gptpipe.config import Params
 from gptpipe.errors import UserError
 from gptpipe.files import atomic_path, write_json
-from gptpipe.reward import load_scorer
-from gptpipe.synthetic import response_is_correct
+from gptpipe.models.reward import load_scorer
+from gptpipe.data.synthetic import response_is_correct
 from gptpipe.tables import markdown_table
-from gptpipe.train import make_runtime
+from gptpipe.train.loop import make_runtime
 
 MODEL_ORDER = ("base", "sft", "dpo")
 SAMPLES_IN_REPORT = 5

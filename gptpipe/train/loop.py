@@ -25,11 +25,11 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from gptpipe import flops
-from gptpipe.batches import StepPlan
+from gptpipe.train import flops
+from gptpipe.data.batches import StepPlan
 from gptpipe.config import SharedConfig, TrainConfig
 from gptpipe.files import atomic_path
-from gptpipe.optim import build_optimizer, learning_rate, memory_split, theoretical_state_bytes
+from gptpipe.train.optim import build_optimizer, learning_rate, memory_split, theoretical_state_bytes
 
 
 @dataclass

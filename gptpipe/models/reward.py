@@ -32,10 +32,10 @@ from transformers import (
     PreTrainedModel,
 )
 
-from gptpipe.batches import LMExample, PairBatch, collate, collate_pairs
+from gptpipe.data.batches import LMExample, PairBatch, collate, collate_pairs
 from gptpipe.errors import UserError
 from gptpipe.files import atomic_path
-from gptpipe.tokenizer import EOT_ID, encode
+from gptpipe.data.tokenizer import EOT_ID, encode
 
 MARKER = "gptpipe_reward.json"  # in models/reward: which backend made it and from what
 

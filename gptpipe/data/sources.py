@@ -14,11 +14,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gptpipe import synthetic
+from gptpipe.data import synthetic
 from gptpipe.config import DataConfig
 from gptpipe.errors import UserError
 from gptpipe.files import atomic_path, write_json
-from gptpipe.hh import DataFileError, Pair, ParseReport, parse_records, read_jsonl
+from gptpipe.data.hh import DataFileError, Pair, ParseReport, parse_records, read_jsonl
 
 SPLITS = ("train", "test")
 HF_DATASET = "Anthropic/hh-rlhf"

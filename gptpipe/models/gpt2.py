@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreT
 from gptpipe.config import ModelConfig
 from gptpipe.errors import UserError
 from gptpipe.files import atomic_path
-from gptpipe.tokenizer import EOT_ID
+from gptpipe.data.tokenizer import EOT_ID
 
 HUB_GPT2 = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 

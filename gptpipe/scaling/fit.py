@@ -2,7 +2,7 @@
 
 Hoffmann et al. (2022), "Training Compute-Optimal Large Language Models" (Chinchilla), Sec. 3.2,
 approach 2: train several model sizes N at each fixed budget C, with the token count D set by
-C = 6 N D (Kaplan et al. 2020, Sec. 2.1; ``gptpipe.flops.flops_6nd``); fit a parabola to test loss
+C = 6 N D (Kaplan et al. 2020, Sec. 2.1; ``gptpipe.train.flops.flops_6nd``); fit a parabola to test loss
 against log N per budget; its vertex is that budget's N_opt. A power law through the vertices,
 N_opt ∝ C^a and D_opt ∝ C^b, answers the question for budgets not run. Chinchilla reports
 a = 0.49, b = 0.51 for this approach (Table 2); Kaplan et al. found a = 0.73.
@@ -30,7 +30,7 @@ from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from gptpipe.errors import UserError  # noqa: E402
 from gptpipe.files import atomic_path  # noqa: E402
-from gptpipe.flops import ModelShape, count_params  # noqa: E402
+from gptpipe.train.flops import ModelShape, count_params  # noqa: E402
 
 RESULT_COLUMNS = ("label", "n_params", "budget", "tokens", "test_loss")
 # A parabola has three coefficients; with fewer distinct sizes it passes through every point

@@ -1,5 +1,5 @@
 """The compute-optimal study's runs: each model size at each FLOP budget, trained through the one
-loop for D = C / 6N tokens from the same data; `gptpipe.scaling` plans the grid and fits the
+loop for D = C / 6N tokens from the same data; `gptpipe.scaling.fit` plans the grid and fits the
 isoFLOP profiles. Apart from lm.py so that the pretraining and fine-tuning stages do not depend on
 the fitting and report code.
 """
@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from gptpipe.batches import StepPlan, eval_sample, lm_examples
+from gptpipe.data.batches import StepPlan, eval_sample, lm_examples
 from gptpipe.config import Params
 from gptpipe.errors import UserError
 from gptpipe.files import write_json
-from gptpipe.flops import GPT2_SHAPES, ModelShape
-from gptpipe.lm import CHECKPOINT_DIR, read_tables
-from gptpipe.model import build_scratch, load_pretrained
-from gptpipe.objectives import LanguageModelling
-from gptpipe.scaling import plan_runs, write_scaling_report
-from gptpipe.train import make_runtime, train
+from gptpipe.train.flops import GPT2_SHAPES, ModelShape
+from gptpipe.train.language_model import CHECKPOINT_DIR, read_tables
+from gptpipe.models.gpt2 import build_scratch, load_pretrained
+from gptpipe.train.objectives import LanguageModelling
+from gptpipe.scaling.fit import plan_runs, write_scaling_report
+from gptpipe.train.loop import make_runtime, train
 
 
 def run_scaling(params: Params, tokenized: Path, out_dir: Path, metrics_path: Path) -> dict:

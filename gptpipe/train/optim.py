@@ -41,7 +41,7 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.o
         )
     betas = (cfg.beta1, cfg.beta2)
     if cfg.optimizer == "galore":
-        from gptpipe.galore import GaLoreAdamW
+        from gptpipe.train.galore import GaLoreAdamW
 
         return GaLoreAdamW(
             groups, lr=lr, betas=betas, eps=cfg.eps, rank=cfg.galore_rank,
@@ -75,13 +75,13 @@ def memory_split(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str
 
 def theoretical_state_bytes(cfg: TrainConfig, trainable: Iterable[nn.Parameter], bytes_per_value: int = 4) -> int:
     """What the optimizer must keep: 0, 1 or 2 copies of the trainable parameters (fp32), or for
-    GaLore a projector and two rank-r moments per large matrix (gptpipe.galore).
+    GaLore a projector and two rank-r moments per large matrix (gptpipe.train.galore).
 
     Adam/AdamW also keep a step counter per tensor (a few bytes each), left out here.
     """
     shapes = [tuple(p.shape) for p in trainable]
     if cfg.optimizer == "galore":
-        from gptpipe.galore import galore_state_elements
+        from gptpipe.train.galore import galore_state_elements
 
         return galore_state_elements(shapes, cfg.galore_rank) * bytes_per_value
     n_values = sum(math.prod(shape) for shape in shapes)

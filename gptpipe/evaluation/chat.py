@@ -14,10 +14,10 @@ from typing import TextIO
 
 from transformers import PreTrainedModel
 
-from gptpipe.generate import Answer, Sampling, generate, prompt_seed
-from gptpipe.hh import ASSISTANT, HUMAN
-from gptpipe.model import load_model
-from gptpipe.tokenizer import encode
+from gptpipe.evaluation.generate import Answer, Sampling, generate, prompt_seed
+from gptpipe.data.hh import ASSISTANT, HUMAN
+from gptpipe.models.gpt2 import load_model
+from gptpipe.data.tokenizer import encode
 
 HELP = "Type a message and press Enter; /reset starts a new conversation, /quit (or Ctrl-D) leaves."
 

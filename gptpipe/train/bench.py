@@ -37,15 +37,15 @@ import datasets
 import torch
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 
-from gptpipe import flops
-from gptpipe.batches import IGNORE, LMExample, StepPlan, collate, eval_sample, lm_examples
+from gptpipe.train import flops
+from gptpipe.data.batches import IGNORE, LMExample, StepPlan, collate, eval_sample, lm_examples
 from gptpipe.config import Params, TrainConfig
 from gptpipe.errors import UserError
-from gptpipe.model import build_scratch
-from gptpipe.objectives import LanguageModelling
-from gptpipe.optim import learning_rate
-from gptpipe.tokenizer import EOT_ID, read_arrow
-from gptpipe.train import Runtime, make_runtime, train
+from gptpipe.models.gpt2 import build_scratch
+from gptpipe.train.objectives import LanguageModelling
+from gptpipe.train.optim import learning_rate
+from gptpipe.data.tokenizer import EOT_ID, read_arrow
+from gptpipe.train.loop import Runtime, make_runtime, train
 
 # Untimed steps first: the first steps allocate the optimizer state, grow the allocator's pools and
 # (in HF) take the longest batch, which LengthGroupedSampler puts first on purpose.
@@ -288,7 +288,7 @@ def bench_config(cfg: TrainConfig, max_steps: int) -> TrainConfig:
 def run_gptpipe(
     params: Params, steps: Sequence[list[list[LMExample]]], timed_steps: int, runtime: Runtime
 ) -> tuple[SideResult, dict[str, Any]]:
-    """gptpipe.train.train() with the LanguageModelling objective, as the sft stage runs it, on `steps`."""
+    """gptpipe.train.loop.train() with the LanguageModelling objective, as the sft stage runs it, on `steps`."""
     seed = params.shared.seed
     cfg = bench_config(params.train, WARMUP_STEPS + timed_steps + 1)  # +1: its start ends the last timed step
     plan = ReplayPlan(steps, cfg, seed, runtime.device)

@@ -1,6 +1,6 @@
 """The studies a user runs with one command: their points, tables and pictures.
 
-Each study is a list of points (one DVC experiment each, see gptpipe.study) and a function that
+Each study is a list of points (one DVC experiment each, see gptpipe.studies.runner) and a function that
 turns the experiments' own metrics and series into a table (CSV + markdown under plots/studies/,
 JSON under metrics/studies/) and one PNG of all test-loss curves against tokens.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from gptpipe import plots
-from gptpipe.optim import DEFAULT_LR, STATE_COPIES
-from gptpipe.study import Point, Result, collect, recorded_baseline, run_points, write_record, write_table
+from gptpipe import figures as plots
+from gptpipe.train.optim import DEFAULT_LR, STATE_COPIES
+from gptpipe.studies.runner import Point, Result, collect, recorded_baseline, run_points, write_record, write_table
 
 SFT_METRICS = "metrics/sft.json"
 SFT_SERIES = "plots/sft/loss.tsv"
@@ -112,7 +112,7 @@ def optimizer_notes(results: list[Result]) -> list[str]:
     return [
         f"tokens_to_target: tokens seen until the test loss first reached {target_loss(results):.4f}, "
         "the worst final test loss of the study (evaluated every train.eval_every steps).",
-        "Each optimizer ran at its family's default lr (gptpipe.optim.DEFAULT_LR), not one shared lr. "
+        "Each optimizer ran at its family's default lr (gptpipe.train.optim.DEFAULT_LR), not one shared lr. "
         "Adam and AdamW coincide when train.weight_decay is 0 (the default).",
         "tokens_per_s is wall-clock: compare it only between rows measured on an otherwise idle machine.",
         "Memory: parameters, gradients and optimizer state are tensor bytes counted after the first "
@@ -251,7 +251,7 @@ def scaling_table(results: list[Result]) -> pd.DataFrame:
 
 
 def _workspace_judge():
-    from gptpipe.reward import load_scorer
+    from gptpipe.models.reward import load_scorer
 
     import torch
 
