@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import io
+import re
+import shlex
 import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import yaml
+from ruamel.yaml import YAML, YAMLError
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.representer import RoundTripRepresenter
 
 from gptpipe.config import Params, load_params, parse_params
 from gptpipe.config import GenerateConfig  # the chat command's sampling defaults
 from gptpipe.errors import UserError
+from gptpipe.files import atomic_path
 
 app = typer.Typer(
-    help="A reproducible DVC pipeline that fine-tunes GPT-2 into a dialogue assistant.",
+    help="A reproducible DVC pipeline that fine-tunes GPT-2 into a dialogue assistant.\n\n"
+    "Each stage of dvc.yaml (download ... report) is also a command here that runs the stage's cmd "
+    "directly, without DVC: dvc.lock is not updated. `dvc repro <stage>` is the recorded way.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -49,89 +60,224 @@ def repro(
     from gptpipe.preflight import unreachable_assets
 
     try:
-        merged = _with_preset(params, preset) if preset else load_params(params)
+        merged, text = _apply_preset(params, preset) if preset else (load_params(params), None)
         problems = unreachable_assets(merged)
         if problems:
             raise UserError("cannot start: " + "; ".join(problems))
     except UserError as err:
         _fail(err)
-    if preset:
-        _write_preset(params, preset)
+    if text is not None:
+        _write(params, text)
         typer.echo(f"{params}: preset {preset!r} applied")
     raise typer.Exit(subprocess.call(["dvc", "repro"]))
 
 
 @app.command()
 def preset(name: str, params: ParamsOption = Path("params.yaml")) -> None:
-    """Write presets/<name>.yaml's values into params.yaml (validated first)."""
+    """Write presets/<name>.yaml's values into params.yaml (validated first; comments kept)."""
     try:
-        _with_preset(params, name)
+        _, text = _apply_preset(params, name)
     except UserError as err:
         _fail(err)
-    _write_preset(params, name)
+    _write(params, text)
     typer.echo(f"{params}: preset {name!r} applied; `dvc repro` runs it")
 
 
-def _preset_values(name: str) -> dict:
+class _RoundTripRepresenter(RoundTripRepresenter):
+    """ruamel's round-trip representer, but writing null as `null` as params.yaml does (ruamel's
+    leaves the value empty). A subclass, so that the process's other ruamel dumpers (dvc's) are
+    left as they are."""
+
+
+def _represent_null(representer: RoundTripRepresenter, _: None) -> Any:
+    return representer.represent_scalar("tag:yaml.org,2002:null", "null")
+
+
+_RoundTripRepresenter.add_representer(type(None), _represent_null)
+
+
+def _round_trip() -> YAML:
+    """A ruamel.yaml round-trip loader and dumper: comments, key order, flow lists and number formats
+    survive, so a preset changes only the values it sets (yaml.safe_dump dropped every comment).
+    params.yaml and the presets load and dump back byte for byte."""
+    yaml_rt = YAML()
+    yaml_rt.Representer = _RoundTripRepresenter
+    yaml_rt.preserve_quotes = True
+    yaml_rt.width = 4096  # never re-wrap a long comment or list
+    yaml_rt.indent(mapping=2, sequence=4, offset=2)
+    return yaml_rt
+
+
+def _preset_values(name: str, yaml_rt: YAML) -> CommentedMap:
     path = PRESETS / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
         raise UserError(f"preset {name!r}: no {path.name}; known presets: {known}")
-    return yaml.safe_load(path.read_text()) or {}
+    return yaml_rt.load(path.read_text()) or CommentedMap()
 
 
 def _merge(base: dict, overlay: dict) -> dict:
+    """overlay's values over base's, section by section (plain dicts; tests/test_config uses it)."""
     merged = dict(base)
     for key, value in overlay.items():
         merged[key] = _merge(base.get(key) or {}, value) if isinstance(value, dict) else value
     return merged
 
 
-def _with_preset(params: Path, name: str) -> Params:
-    raw = yaml.safe_load(params.read_text()) or {}
-    return parse_params(_merge(raw, _preset_values(name)), source=f"{params} + preset {name}")
+def _merge_into(node: CommentedMap, overlay: Mapping[str, Any]) -> None:
+    """_merge in place on a round-trip document: a changed key keeps its place and its comment."""
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(node.get(key), Mapping):
+            _merge_into(node[key], value)
+        else:
+            node[key] = _fresh(value)
 
 
-def _write_preset(params: Path, name: str) -> None:
-    raw = yaml.safe_load(params.read_text()) or {}
-    params.write_text(yaml.safe_dump(_merge(raw, _preset_values(name)), sort_keys=False))
+def _fresh(value: Any) -> Any:
+    """The preset's value without the preset file's comments, which belong to another layout."""
+    if isinstance(value, Mapping):
+        fresh = CommentedMap()
+        for key, item in value.items():
+            fresh[key] = _fresh(item)
+        return fresh
+    if isinstance(value, list):
+        seq = CommentedSeq(_fresh(item) for item in value)
+        if isinstance(value, CommentedSeq) and value.fa.flow_style():
+            seq.fa.set_flow_style()  # [a, b] stays on one line
+        return seq
+    return value
 
 
-# -- the stages by hand: the same functions dvc.yaml's stages call, on the same paths -------------
+def _apply_preset(params: Path, name: str) -> tuple[Params, str]:
+    """params.yaml with presets/<name>.yaml merged in: the validated params and the text to write."""
+    yaml_rt = _round_trip()
+    try:
+        document = yaml_rt.load(params.read_text()) or CommentedMap()
+    except FileNotFoundError:
+        raise UserError(f"{params}: no such params file") from None
+    except YAMLError as err:
+        raise UserError(f"{params}: not valid YAML ({err.__class__.__name__})") from None
+    if not isinstance(document, CommentedMap):
+        raise UserError(f"{params}: not a mapping of sections (shared:, data:, ...)")
+    _merge_into(document, _preset_values(name, yaml_rt))
+    text = io.StringIO()
+    yaml_rt.dump(document, text)
+    # Validated as load_params will read the file back (PyYAML), so what passes here is what runs.
+    merged = parse_params(yaml.safe_load(text.getvalue()) or {}, source=f"{params} + preset {name}")
+    return merged, text.getvalue()
 
 
-def _stage(module: str) -> None:
-    import importlib
-
-    from gptpipe.errors import run_or_exit
-
-    if not Path("dvc.yaml").is_file():
-        _fail(UserError("run stage commands from the project root (the folder with dvc.yaml)"))
-    run_or_exit(importlib.import_module(f"stages.{module}").main)
+def _write(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:  # a failure leaves the old params.yaml, never half a file
+        tmp.write_text(text)
 
 
-@app.command()
-def download() -> None:
-    """Stage download: the configured HH source → data/raw."""
-    _stage("download")
+# -- the stages by hand: each runs dvc.yaml's own cmd for it, outside DVC -------------------------
+
+# dvc.yaml's stages in pipeline order, each with a line for --help.
+STAGES = (
+    ("download", "the configured HH source (hub, folder or generator) -> data/raw"),
+    ("tokenize", "data/raw -> data/tokenized, GPT-2 BPE ids"),
+    ("base", "models/base: hub GPT-2, or a scratch GPT-2 pretrained here"),
+    ("reward", "the reward model (trained here, or a hub classifier) -> models/reward"),
+    ("score", "the reward of every train and test pair's responses -> data/scored"),
+    ("filter", "the train pairs SFT trains on (filter.keep, filter.by)"),
+    ("sft", "models/base fine-tuned on prompt -> chosen -> models/sft"),
+    ("dpo", "models/sft trained with DPO on the train pairs -> models/dpo"),
+    ("generate", "one model's answers to a fixed sample of test prompts"),
+    ("judge", "the reward of every answer one model gave"),
+    ("evaluate", "the judged models side by side: rewards, win rates, a report"),
+    ("scaling", "the compute-optimal study: isoFLOP runs and fits"),
+    ("report", "every study with results, on one page -> report/"),
+)
+# Stages dvc.yaml runs once per item (`foreach:`): their command takes the item, here a model name.
+FOREACH_STAGES = ("generate", "judge")
+ModelArgument = Annotated[
+    str | None, typer.Argument(help="A model in generate.models (dvc.yaml's foreach); default: each in turn.")
+]
 
 
-@app.command()
-def tokenize() -> None:
-    """Stage tokenize: data/raw → data/tokenized/*.arrow."""
-    _stage("tokenize")
+def _stage_command(name: str, summary: str) -> None:
+    recorded = f"`dvc repro {name}`" + (f" (or {name}@<model>)" if name in FOREACH_STAGES else "")
+    help_text = (
+        f"Stage {name}: {summary}.\n\nRuns the cmd dvc.yaml gives for {name}, here and now, not through "
+        f"DVC: dvc.lock is not updated and the outputs are not cached, so DVC will not know this run "
+        f"happened. {recorded} is the recorded way."
+    )
+    short_help = f"Stage {name}: {summary}."
+    if name in FOREACH_STAGES:
+        def command(model: ModelArgument = None) -> None:
+            _run_stage(name, model)
+    else:
+        def command() -> None:
+            _run_stage(name, None)
+    app.command(name, help=help_text, short_help=short_help)(command)
 
 
-@app.command()
-def base() -> None:
-    """Stage base: models/base (hub GPT-2, or a scratch GPT-2 pretrained here)."""
-    _stage("base")
+def _run_stage(name: str, item: str | None) -> None:
+    try:
+        commands = _stage_commands(Path("dvc.yaml"), name, item)
+    except UserError as err:
+        _fail(err)
+    for argv, workdir in commands:
+        typer.echo(f"$ {shlex.join(argv)}", err=True)
+        status = subprocess.call(argv, cwd=workdir)
+        if status:
+            raise typer.Exit(status)
 
 
-@app.command()
-def sft() -> None:
-    """Stage sft: models/base fine-tuned on prompt → chosen → models/sft."""
-    _stage("sft")
+def _stage_commands(dvc_yaml: Path, name: str, item: str | None) -> list[tuple[list[str], Path]]:
+    """The argv lists (and working folders) dvc.yaml's `cmd` for stage `name` runs: one per item of a
+    foreach stage (`item`, or every item), `${item}` filled in and `python` this interpreter."""
+    if not dvc_yaml.is_file():
+        raise UserError(f"no {dvc_yaml} here: run stage commands from the project root (the folder with dvc.yaml)")
+    stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages") or {}
+    if name not in stages:
+        raise UserError(f"{dvc_yaml}: no stage {name!r}; it has {', '.join(stages) or 'none'}")
+    stage = stages[name]
+    if "foreach" in stage:
+        items = _foreach_items(name, stage["foreach"])
+        if item is not None and item not in items:
+            raise UserError(f"{name}: {item!r} is not one of its items ({', '.join(items)})")
+        body, chosen = stage["do"], [item] if item is not None else items
+    else:
+        body, chosen = stage, [None]
+    if not body.get("cmd"):
+        raise UserError(f"{dvc_yaml}: stage {name!r} has no cmd")
+    cmds = body["cmd"] if isinstance(body["cmd"], list) else [body["cmd"]]  # DVC allows a list
+    workdir = dvc_yaml.parent / body.get("wdir", ".")
+    return [(_argv(name, cmd, each), workdir) for each in chosen for cmd in cmds]
+
+
+def _foreach_items(name: str, foreach: Any) -> list[str]:
+    """dvc.yaml's `foreach:`, a list or `${section.key}` of params.yaml (read through the config)."""
+    if isinstance(foreach, list):
+        return [str(value) for value in foreach]
+    match = re.fullmatch(r"\$\{\s*([\w.]+)\s*\}", str(foreach))
+    if not match:
+        raise UserError(f"{name}: foreach {foreach!r} is neither a list nor ${{params.key}}; run `dvc repro {name}`")
+    value: Any = load_params("params.yaml")
+    try:
+        for part in match.group(1).split("."):
+            value = getattr(value, part)
+    except AttributeError:
+        raise UserError(f"{name}: foreach {foreach!r} names no params.yaml key") from None
+    return [str(each) for each in value]
+
+
+def _argv(name: str, cmd: str, item: str | None) -> list[str]:
+    if item is not None:
+        cmd = cmd.replace("${item}", item)
+    if "${" in cmd:
+        raise UserError(f"{name}: cmd {cmd!r} uses DVC templating gptpipe does not fill in; run `dvc repro {name}`")
+    argv = shlex.split(cmd)
+    if argv and argv[0] in ("python", "python3"):
+        argv[0] = sys.executable  # the interpreter (and environment) gptpipe runs in
+    return argv
+
+
+for _name, _summary in STAGES:
+    _stage_command(_name, _summary)
 
 
 @app.command()

@@ -44,8 +44,6 @@ class SharedConfig(Section):
     # bfloat16 means autocast around the forward pass; weights and optimizer state stay fp32.
     dtype: Literal["float32", "bfloat16"] = "float32"
     compile: bool = False
-    # FLOP/s the MFU is measured against; null = the default for the device kind (flops.py).
-    peak_flops: PositiveFloat | None = None
 
 
 class SyntheticConfig(Section):
@@ -107,7 +105,11 @@ class ModelConfig(Section):
         return self
 
 
-class TrainConfig(Section):
+class LoopConfig(Section):
+    """The one training loop's knobs. Each training section (base, train, reward, dpo) is one of these
+    plus what that stage adds; params.yaml lists under base, reward and dpo only the knobs whose value
+    differs from these defaults, which `train` (SFT) lists in full."""
+
     optimizer: Literal[OPTIMIZERS] = "adamw"  # type: ignore[valid-type]
     # null = the optimizer family's default (optim.DEFAULT_LR): SGD needs a far larger step than Adam.
     lr: PositiveFloat | None = None
@@ -124,8 +126,6 @@ class TrainConfig(Section):
     # The cosine schedule ends at lr * min_lr_ratio.
     min_lr_ratio: Fraction = 0.1
     grad_clip: Annotated[float, Field(ge=0)] = 1.0  # 0 = no clipping
-    # Loss on the response tokens only (prompt masked), or on every token (the course's way).
-    loss_on: Literal["response", "all"] = "response"
     eval_every: PositiveInt = 25
     # Train and test loss are estimated on fixed random samples of this many sequences.
     eval_samples: PositiveInt = 200
@@ -137,7 +137,7 @@ class TrainConfig(Section):
     galore_scale: PositiveFloat = 1.0
 
     @model_validator(mode="after")
-    def _accumulation_divides(self) -> TrainConfig:
+    def _accumulation_divides(self) -> LoopConfig:
         if self.batch_size % self.micro_batch_size:
             raise ValueError(
                 f"batch_size: {self.batch_size} is not a multiple of "
@@ -168,8 +168,27 @@ class LoraConfig(Section):
         return self
 
 
-class RewardConfig(TrainConfig):
-    """The reward model (the reward stage) and how it scores: its training knobs are TrainConfig's."""
+class BaseConfig(LoopConfig):
+    """Pretraining a scratch model on the training dialogues, every token counted (the base stage);
+    with hub weights (model.init: pretrained) only eval_samples and micro_batch_size are read."""
+
+    # A 2x128 model from scratch takes a larger step than fine-tuning, and decay keeps it stable;
+    # whole-dialogue evals cost the LM head at every position, so they come less often.
+    lr: PositiveFloat | None = 0.003
+    weight_decay: Annotated[float, Field(ge=0)] = 0.1
+    eval_every: PositiveInt = 50
+
+
+class SftConfig(LoopConfig):
+    """Supervised fine-tuning on prompt -> chosen response (the sft stage): `train` in params.yaml."""
+
+    # Loss on the response tokens only (prompt masked), or on every token (the course's way).
+    loss_on: Literal["response", "all"] = "response"
+    lora: LoraConfig = LoraConfig()
+
+
+class RewardConfig(LoopConfig):
+    """The reward model of the reward stage: trained here (the loop's knobs), or a hub classifier."""
 
     # trained: a GPT-2 reward model trained here on the train pairs (Bradley-Terry), initialised from
     # models/base with a scalar head; hf: an AutoModelForSequenceClassification by hub id or folder.
@@ -177,7 +196,13 @@ class RewardConfig(TrainConfig):
     # hf backend: hub id or absolute save_pretrained folder (with its tokenizer); it takes
     # (prompt, response) as a text pair and returns one logit.
     name: str = "OpenAssistant/reward-model-deberta-v3-large-v2"
-    score_batch_size: PositiveInt = 32  # sequences per scoring forward pass
+    lr: PositiveFloat | None = 1e-3
+
+
+class ScoreConfig(Section):
+    """How the reward model scores responses: the score stage (train and test pairs) and judge@."""
+
+    batch_size: PositiveInt = 32  # sequences per scoring forward pass
     hf_max_length: PositiveInt = 512  # hf backend: its tokenizer truncates the text pair to this
 
 
@@ -190,8 +215,8 @@ class FilterConfig(Section):
     by: Literal["chosen_reward", "margin", "random"] = "chosen_reward"
 
 
-class DpoConfig(TrainConfig):
-    """DPO (Rafailov et al. 2023) from models/sft; its training knobs are TrainConfig's."""
+class DpoConfig(LoopConfig):
+    """DPO (Rafailov et al. 2023) from models/sft; its training knobs are the loop's."""
 
     # The DPO paper's 0.1 suits a pretrained policy at lr 1e-6 (the full preset); the embedded
     # default's tiny policy at lr 3e-4 reaches higher test preference accuracy in fewer steps at 0.3.
@@ -204,6 +229,11 @@ class DpoConfig(TrainConfig):
     # live: the frozen reference runs beside the policy every step.
     reference: Literal["cached", "live"] = "cached"
     lora: LoraConfig = LoraConfig()
+    lr: PositiveFloat | None = 3e-4
+    max_steps: PositiveInt = 40
+    warmup_steps: NonNegativeInt = 4
+    eval_every: PositiveInt = 10
+    checkpoint_every: PositiveInt = 20
 
     @model_validator(mode="after")
     def _smoothing_is_for_sigmoid(self) -> DpoConfig:
@@ -235,9 +265,13 @@ class ScalingConfig(Section):
     # FLOP budgets C; each model trains on D = C / 6N tokens (N with embeddings, as Chinchilla).
     budgets: tuple[PositiveFloat, ...] = (3.0e11, 1.0e12, 2.0e12)
     eval_samples: PositiveInt = 100  # sequences for each run's final test loss
-    # Sequences per optimizer step (null = base.batch_size). A small budget gives a large model
-    # only a few steps at base's batch; a smaller batch spends the same FLOPs in more steps.
-    batch_size: PositiveInt | None = 2
+    # Sequences per optimizer step. A small budget gives a large model only a few steps at a large
+    # batch; a smaller batch spends the same FLOPs in more steps.
+    batch_size: PositiveInt = 2
+    # Each run's AdamW: steps follow from the budget; warmup is this, at most a fifth of them.
+    lr: PositiveFloat = 0.003
+    weight_decay: Annotated[float, Field(ge=0)] = 0.1
+    warmup_steps: NonNegativeInt = 10
 
     @model_validator(mode="after")
     def _enough_points(self) -> ScalingConfig:
@@ -253,16 +287,12 @@ class Params(Section):
     data: DataConfig = DataConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
     model: ModelConfig = ModelConfig()
-    # Pretraining of a scratch model on the training dialogues (loss on every token).
-    # A 2x128 model from scratch takes a larger step than fine-tuning, and decay keeps it stable.
-    base: TrainConfig = TrainConfig(loss_on="all", lr=0.003, weight_decay=0.1, eval_every=50)
-    # Supervised fine-tuning on prompt → chosen response.
-    train: TrainConfig = TrainConfig()
-    lora: LoraConfig = LoraConfig()
-    # The reward model: trained here (Bradley-Terry) or a hub classifier; it scores and evaluates.
-    reward: RewardConfig = RewardConfig(lr=1e-3, max_steps=150, eval_every=25)
+    base: BaseConfig = BaseConfig()
+    train: SftConfig = SftConfig()
+    reward: RewardConfig = RewardConfig()
+    score: ScoreConfig = ScoreConfig()
     filter: FilterConfig = FilterConfig()
-    dpo: DpoConfig = DpoConfig(lr=3e-4, max_steps=40, warmup_steps=4, eval_every=10, checkpoint_every=20)
+    dpo: DpoConfig = DpoConfig()
     generate: GenerateConfig = GenerateConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     # The compute-optimal study: isoFLOP profiles over model sizes (the scaling stage).

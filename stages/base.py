@@ -1,16 +1,64 @@
-"""base: models/base, the model fine-tuning starts from (hub GPT-2, or pretrained here)."""
+"""base: the model fine-tuning starts from: hub GPT-2 as it is (measured on this data), or a scratch
+GPT-2 of the model section's shape pretrained on the training dialogues, good and bad answers alike,
+as web text holds both."""
 
 from pathlib import Path
 
-from gptpipe.config import load_params
-from gptpipe.errors import run_or_exit
-from gptpipe.train.language_model import run_base
+from gptpipe import figures as plots
+from gptpipe.config import BaseConfig, ModelConfig, SharedConfig, load_params
+from gptpipe.data.batches import lm_examples
+from gptpipe.data.tokenizer import read_splits
+from gptpipe.entry import run_stage
+from gptpipe.files import write_json, write_tsv
+from gptpipe.models.gpt2 import build_scratch, load_pretrained, save_model
+from gptpipe.train.checkpoint import run_key
+from gptpipe.train.flops import ModelShape, count_params
+from gptpipe.train.language_model import fit_language_model, measure_language_model, series_rows
+from gptpipe.train.runtime import make_runtime
 
 
-def main() -> None:
+def run(shared: SharedConfig, model: ModelConfig, base: BaseConfig, tokenized: Path, out: Path,
+        metrics: Path, plots_dir: Path, checkpoints: Path) -> dict:
+    runtime = make_runtime(shared)
+    # Pretraining counts every token of whole dialogues, both responses.
+    data = {split: lm_examples(t, "all", ("chosen", "rejected")) for split, t in read_splits(tokenized).items()}
+    if model.init == "pretrained":
+        return _measure_hub_model(model, base, runtime, data, shared.seed, out, metrics, plots_dir)
+    net = build_scratch(model, shared.seed)
+    key = run_key("base", [shared, model, base], [tokenized / "train.arrow", tokenized / "test.arrow"])
+    state, figures = fit_language_model(net, data, base, runtime, seed=shared.seed,
+                                        checkpoint=checkpoints / f"base-{key}.pt", desc="base")
+    figures["lora_rank"] = 0
+    figures["trainable_fraction"] = round(figures["trainable_parameters"] / figures["parameters"], 6)
+    if runtime.is_main:
+        save_model(net, out)
+        _write_outputs(state.rows, figures, metrics, plots_dir)
+    return figures
+
+
+def _measure_hub_model(model, base, runtime, data, seed, out, metrics, plots_dir) -> dict:
+    net = load_pretrained(model.name)
+    row = measure_language_model(net, data, base, runtime, seed)
+    figures = {
+        "init": "pretrained", "name": model.name,
+        "parameters": count_params(ModelShape.from_config(net.config)),
+        "train_loss": row["train_loss"], "test_loss": row["test_loss"],
+    }
+    save_model(net.cpu(), out)
+    _write_outputs([row], figures, metrics, plots_dir)
+    return figures
+
+
+def _write_outputs(rows, figures, metrics: Path, plots_dir: Path) -> None:
+    write_tsv(plots_dir / "loss.tsv", series_rows(rows))
+    plots.loss_curves(rows, plots_dir / "loss.png", "base: loss per counted token")
+    write_json(metrics, figures)
+
+
+def main(tokenized: Path, out: Path, metrics: Path, plots: Path, checkpoints: Path) -> None:
     params = load_params("params.yaml")
-    run_base(params, Path("data/tokenized"), Path("models/base"), Path("metrics/base.json"), Path("plots/base"))
+    run(params.shared, params.model, params.base, tokenized, out, metrics, plots, checkpoints)
 
 
 if __name__ == "__main__":
-    run_or_exit(main)
+    run_stage(main)

@@ -1,16 +1,26 @@
-"""download: the configured HH source → data/raw/{train,test}.parquet, metrics/data.json."""
+"""download: the configured HH source (hub, folder or generator) → one parquet per split, and the
+metrics that say what was read, kept and dropped by reason."""
 
 from pathlib import Path
 
-from gptpipe.config import load_params
-from gptpipe.errors import run_or_exit
-from gptpipe.data.sources import download
+from gptpipe.config import DataConfig, load_params
+from gptpipe.data.sources import SPLITS, parse_source, write_pairs
+from gptpipe.entry import run_stage
+from gptpipe.files import write_json
 
 
-def main() -> None:
+def run(data: DataConfig, seed: int, out: Path, metrics: Path) -> dict:
+    pairs_by_split, figures = parse_source(data, seed)
+    for split in SPLITS:
+        write_pairs(pairs_by_split[split], out / f"{split}.parquet")
+    write_json(metrics, figures)
+    return figures
+
+
+def main(out: Path, metrics: Path) -> None:
     params = load_params("params.yaml")
-    download(params.data, params.shared.seed, Path("data/raw"), Path("metrics/data.json"))
+    run(params.data, params.shared.seed, out, metrics)
 
 
 if __name__ == "__main__":
-    run_or_exit(main)
+    run_stage(main)

@@ -1,16 +1,40 @@
-"""filter: the train pairs SFT trains on (top N by reward, or a random N) → data/subsets/train.arrow."""
+"""filter: the train pairs SFT trains on: the top `filter.keep` by `chosen_reward` or `margin`, a
+random N (the control that separates quality from quantity), or all of them."""
 
 from pathlib import Path
 
-from gptpipe.config import load_params
-from gptpipe.errors import run_or_exit
-from gptpipe.evaluation.scores import run_filter
+import pandas as pd
+import pyarrow as pa
+
+from gptpipe.config import FilterConfig, load_params
+from gptpipe.data.subsets import filter_metrics, select
+from gptpipe.data.tokenizer import read_arrow, write_arrow
+from gptpipe.entry import run_stage
+from gptpipe.errors import UserError
+from gptpipe.files import atomic_path, write_json
 
 
-def main() -> None:
+def run(filter_cfg: FilterConfig, seed: int, scored: Path, tokenized: Path, out: Path, metrics: Path) -> dict:
+    frame = pd.read_parquet(scored / "train.parquet")
+    table = read_arrow(tokenized / "train.arrow")
+    if frame["id"].tolist() != table.column("id").to_pylist():
+        raise UserError(f"{scored}/train.parquet: its pairs differ from {tokenized}/train.arrow; rerun the score stage")
+    keep = filter_cfg.keep if filter_cfg.keep is not None else len(frame)
+    if keep > len(frame):
+        raise UserError(f"filter.keep: {filter_cfg.keep} exceeds the {len(frame)} train pairs; use at most {len(frame)} or null")
+    kept = select(frame, keep, filter_cfg.by, seed)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        write_arrow(table.take(pa.array(sorted(kept))), tmp / "train.arrow")
+    figures = filter_metrics(frame, kept, filter_cfg.by)
+    write_json(metrics, figures)
+    return figures
+
+
+def main(scored: Path, tokenized: Path, out: Path, metrics: Path) -> None:
     params = load_params("params.yaml")
-    run_filter(params, Path("data/scored"), Path("data/tokenized"), Path("data/subsets"), Path("metrics/filter.json"))
+    run(params.filter, params.shared.seed, scored, tokenized, out, metrics)
 
 
 if __name__ == "__main__":
-    run_or_exit(main)
+    run_stage(main)

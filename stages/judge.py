@@ -1,19 +1,41 @@
-"""judge <model>: the reward of each generated answer of one model → data/judged/<model>.parquet."""
+"""judge: the judge's reward of every answer one model gave (the same judge that filtered the
+training data), and on data with ground truth whether each answer is right."""
 
-import sys
 from pathlib import Path
 
-from gptpipe.config import load_params
-from gptpipe.errors import run_or_exit
-from gptpipe.evaluation.judge import run_judge
+import pandas as pd
+
+from gptpipe.config import EvaluateConfig, ScoreConfig, load_params
+from gptpipe.data.synthetic import response_is_correct
+from gptpipe.entry import run_stage
+from gptpipe.evaluation.judge import ground_truth, read_answers, reward_summary
+from gptpipe.files import atomic_path, write_json
+from gptpipe.models.reward import load_scorer
+from gptpipe.train.runtime import inference_device
 
 
-def main() -> None:
-    name = sys.argv[1]
+def run(device: str, score: ScoreConfig, evaluate: EvaluateConfig, name: str, answers: Path, reward: Path,
+        raw_test: Path, out: Path, metrics: Path) -> dict:
+    given = read_answers(answers)
+    scorer = load_scorer(reward, score.batch_size, inference_device(device), score.hf_max_length)
+    frame = pd.DataFrame({
+        "id": given["id"], "reward": scorer.score(given["prompt"].tolist(), given["response"].tolist(), desc=name),
+        "tokens": given["tokens"], "stopped": given["stopped"],
+    })
+    truth = ground_truth(raw_test)
+    if truth is not None:
+        frame["correct"] = [response_is_correct(r, truth[i]) for i, r in zip(given["id"], given["response"], strict=True)]
+    with atomic_path(out) as tmp:
+        frame.to_parquet(tmp, index=False)
+    figures = {"model": name, "scorer": scorer.name, **reward_summary(frame, evaluate.confidence)}
+    write_json(metrics, figures)
+    return figures
+
+
+def main(name: str, answers: Path, reward: Path, raw_test: Path, out: Path, metrics: Path) -> None:
     params = load_params("params.yaml")
-    run_judge(params, name, Path(f"data/generated/{name}.jsonl"), Path("models/reward"), Path("data/raw/test.parquet"),
-              Path(f"data/judged/{name}.parquet"), Path(f"metrics/judge/{name}.json"))
+    run(params.shared.device, params.score, params.evaluate, name, answers, reward, raw_test, out, metrics)
 
 
 if __name__ == "__main__":
-    run_or_exit(main)
+    run_stage(main)

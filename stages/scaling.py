@@ -1,16 +1,62 @@
-"""scaling: isoFLOP profiles and the compute-optimal table → plots/scaling/, metrics/scaling.json."""
+"""scaling: the compute-optimal study (Chinchilla approach 2). Each size in scaling.models trains at
+each FLOP budget C for D = C / 6N tokens through the one loop; isoFLOP parabolas give the best size
+per budget, and N_opt ∝ C^a, D_opt ∝ C^b over the budgets whose optimum lies inside the sizes run."""
 
 from pathlib import Path
 
-from gptpipe.config import load_params
-from gptpipe.errors import run_or_exit
-from gptpipe.scaling.runs import run_scaling
+import pandas as pd
+
+from gptpipe.config import ModelConfig, ScalingConfig, SharedConfig, load_params
+from gptpipe.data.batches import StepPlan, eval_sample, lm_examples
+from gptpipe.data.tokenizer import read_splits
+from gptpipe.entry import run_stage
+from gptpipe.files import write_json
+from gptpipe.models.gpt2 import build_scratch, load_pretrained
+from gptpipe.scaling.fit import plan_runs, write_scaling_report
+from gptpipe.scaling.runs import run_config, scaling_shape, scratch_config
+from gptpipe.train.checkpoint import run_key
+from gptpipe.train.loop import train
+from gptpipe.train.objectives import LanguageModelling
+from gptpipe.train.runtime import make_runtime
 
 
-def main() -> None:
+def run(shared: SharedConfig, model: ModelConfig, scaling: ScalingConfig, data_source: str, tokenized: Path,
+        out: Path, metrics: Path, checkpoints: Path) -> dict:
+    runtime = make_runtime(shared)
+    pretrained = model.init == "pretrained"
+    shapes = {scaling_shape(name, scaling.head_dim): name for name in scaling.models}
+    # Scratch shapes are pretrained on whole dialogues; hub weights are fine-tuned on responses.
+    loss_on, responses = ("response", ("chosen",)) if pretrained else ("all", ("chosen", "rejected"))
+    data = {split: lm_examples(t, loss_on, responses) for split, t in read_splits(tokenized).items()}
+    mean_len = sum(len(e) for e in data["train"]) / len(data["train"])
+    key = run_key("scaling", [shared, model, scaling], [tokenized / "train.arrow", tokenized / "test.arrow"])
+    rows = []
+    for plan in plan_runs(list(shapes), scaling.budgets):
+        steps = max(1, round(plan.tokens / (scaling.batch_size * mean_len)))
+        cfg = run_config(scaling, steps)
+        net = load_pretrained(shapes[plan.shape]) if pretrained else build_scratch(scratch_config(model, plan.shape), shared.seed)
+        state, trained = train(
+            LanguageModelling(net), StepPlan(data["train"], cfg.batch_size, cfg.micro_batch_size, shared.seed),
+            {"test": eval_sample(data["test"], cfg.eval_samples, shared.seed)}, cfg, runtime, seed=shared.seed,
+            checkpoint=checkpoints / f"scaling-{key}-{plan.label}-{plan.budget:.3g}.pt",
+            shape=plan.shape, desc=f"{plan.label} @ {plan.budget:.2g} FLOPs",
+        )
+        rows.append({"label": plan.label, "n_params": plan.n_params, "budget": plan.budget,
+                     "tokens": state.tokens, "planned_tokens": plan.tokens, "steps": steps,
+                     "flops_counted": state.flops, "test_loss": trained["test_loss"],
+                     "tokens_per_s": trained["tokens_per_s"]})
+    regime = (f"full study: {', '.join(scaling.models)} fine-tuned from hub weights" if pretrained else
+              f"embedded default: scratch GPT-2 shapes {', '.join(scaling.models)} pretrained on "
+              f"{data_source} dialogues, {runtime.device.type.upper()}")
+    summary = write_scaling_report(pd.DataFrame(rows), out, regime=regime)
+    write_json(metrics, summary)
+    return summary
+
+
+def main(tokenized: Path, out: Path, metrics: Path, checkpoints: Path) -> None:
     params = load_params("params.yaml")
-    run_scaling(params, Path("data/tokenized"), Path("plots/scaling"), Path("metrics/scaling.json"))
+    run(params.shared, params.model, params.scaling, params.data.source, tokenized, out, metrics, checkpoints)
 
 
 if __name__ == "__main__":
-    run_or_exit(main)
+    run_stage(main)

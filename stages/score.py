@@ -1,17 +1,44 @@
-"""score: the reward of every train and test pair's responses → data/scored/<split>.parquet."""
+"""score: the reward of every train and test pair's chosen and rejected response (batched by length,
+with progress and sequences/s); pairwise accuracy, and on synthetic data the AUC of sound against
+flawed chosen responses."""
 
 from pathlib import Path
+from typing import Any
 
-from gptpipe.config import load_params
-from gptpipe.errors import run_or_exit
-from gptpipe.evaluation.scores import run_score
+import pandas as pd
+import pyarrow.parquet as pq
+
+from gptpipe import figures as plots
+from gptpipe.config import ScoreConfig, load_params
+from gptpipe.entry import run_stage
+from gptpipe.evaluation.scores import score_pairs, summarise_scores
+from gptpipe.files import atomic_path, write_json
+from gptpipe.models.reward import load_scorer
+from gptpipe.train.runtime import inference_device
 
 
-def main() -> None:
+def run(device: str, score: ScoreConfig, raw: Path, reward: Path, out: Path, metrics: Path, plots_dir: Path) -> dict:
+    scorer = load_scorer(reward, score.batch_size, inference_device(device), score.hf_max_length)
+    frames: dict[str, pd.DataFrame] = {}
+    figures: dict[str, Any] = {"scorer": scorer.name}
+    for split in ("train", "test"):
+        pairs = pq.read_table(raw / f"{split}.parquet").to_pandas()
+        frames[split] = score_pairs(pairs, scorer, split)
+        figures[split] = summarise_scores(frames[split])
+    figures["sequences_per_s"] = round(scorer.speed.per_s, 1)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        for split, frame in frames.items():
+            frame.to_parquet(tmp / f"{split}.parquet", index=False)
+    plots.reward_histograms(frames["train"], plots_dir / "rewards.png", f"train rewards by {scorer.name}")
+    write_json(metrics, figures)
+    return figures
+
+
+def main(raw: Path, reward: Path, out: Path, metrics: Path, plots: Path) -> None:
     params = load_params("params.yaml")
-    run_score(params, Path("data/raw"), Path("models/reward"), Path("data/scored"),
-              Path("metrics/score.json"), Path("plots/score"))
+    run(params.shared.device, params.score, raw, reward, out, metrics, plots)
 
 
 if __name__ == "__main__":
-    run_or_exit(main)
+    run_stage(main)

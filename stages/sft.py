@@ -1,20 +1,53 @@
-"""sft: models/base fine-tuned on prompt → chosen response of the filtered train pairs → models/sft."""
+"""sft: models/base fine-tuned on prompt → chosen response of the filtered train pairs (full or LoRA);
+on data with ground truth the loss is also measured on the test pairs whose chosen response is sound
+(test_sound_loss), the answers a model should give."""
 
 from pathlib import Path
 
-from gptpipe.config import load_params
-from gptpipe.errors import run_or_exit
-from gptpipe.train.language_model import run_sft
+from gptpipe import figures as plots
+from gptpipe.config import SftConfig, SharedConfig, load_params
+from gptpipe.data.batches import lm_examples
+from gptpipe.data.subsets import sound_test_pairs
+from gptpipe.data.tokenizer import read_arrow
+from gptpipe.entry import run_stage
+from gptpipe.files import write_json, write_tsv
+from gptpipe.models.gpt2 import load_model
+from gptpipe.models.lora import add_lora, save_finetuned
+from gptpipe.train.checkpoint import run_key
+from gptpipe.train.language_model import fit_language_model, series_rows
+from gptpipe.train.runtime import make_runtime
 
 
-def main() -> None:
+def run(shared: SharedConfig, train: SftConfig, subset: Path, tokenized: Path, raw_test: Path | None, base: Path,
+        out: Path, metrics: Path, plots_dir: Path, checkpoints: Path) -> dict:
+    runtime = make_runtime(shared)
+    tables = {"train": read_arrow(subset), "test": read_arrow(tokenized / "test.arrow")}
+    sound = sound_test_pairs(tables["test"], raw_test) if raw_test is not None else None
+    if sound is not None:
+        tables["test_sound"] = sound
+    data = {name: lm_examples(t, train.loss_on, ("chosen",)) for name, t in tables.items()}
+    model = load_model(base)
+    add_lora(model, train.lora, shared.seed)
+    inputs = [subset, tokenized / "test.arrow", *([raw_test] if raw_test else []), *sorted(base.glob("*.safetensors"))]
+    key = run_key("sft", [shared, train], inputs)
+    state, figures = fit_language_model(model, data, train, runtime, seed=shared.seed,
+                                        checkpoint=checkpoints / f"sft-{key}.pt", desc="sft")
+    figures["lora_rank"] = train.lora.rank
+    figures["trainable_fraction"] = round(figures["trainable_parameters"] / figures["parameters"], 6)
+    if runtime.is_main:
+        save_finetuned(model, out, train.lora)
+        write_tsv(plots_dir / "loss.tsv", series_rows(state.rows))
+        plots.loss_curves(state.rows, plots_dir / "loss.png", "sft: loss per counted token")
+        plots.memory_bars(figures["memory"], plots_dir / "memory.png", f"sft: training memory ({figures['optimizer']})")
+        write_json(metrics, figures)
+    return figures
+
+
+def main(subset: Path, tokenized: Path, raw_test: Path, base: Path, out: Path, metrics: Path, plots: Path,
+         checkpoints: Path) -> None:
     params = load_params("params.yaml")
-    run_sft(
-        params, Path("data/tokenized"), Path("models/base"), Path("models/sft"),
-        Path("metrics/sft.json"), Path("plots/sft"), train_pairs=Path("data/subsets/train.arrow"),
-        raw_test=Path("data/raw/test.parquet"),
-    )
+    run(params.shared, params.train, subset, tokenized, raw_test, base, out, metrics, plots, checkpoints)
 
 
 if __name__ == "__main__":
-    run_or_exit(main)
+    run_stage(main)

@@ -1,16 +1,40 @@
-"""tokenize: data/raw → data/tokenized/{train,test}.arrow (GPT-2 BPE), metrics/tokenize.json."""
+"""tokenize: the raw pairs → one Arrow file per split of GPT-2 BPE ids (prompts cut from the left)."""
 
+import time
 from pathlib import Path
+from typing import Any
 
-from gptpipe.config import load_params
-from gptpipe.errors import run_or_exit
-from gptpipe.data.tokenizer import run_tokenize
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from gptpipe.config import TokenizeConfig, load_params
+from gptpipe.data.tokenizer import LEN_COLUMNS, tokenize_split, write_arrow
+from gptpipe.entry import run_stage
+from gptpipe.files import atomic_path, write_json
 
 
-def main() -> None:
+def run(tokenize: TokenizeConfig, raw: Path, out: Path, metrics: Path) -> dict:
+    started = time.perf_counter()
+    figures: dict[str, Any] = {"max_length": tokenize.max_length}
+    tables = {}
+    for split in ("train", "test"):
+        tables[split], counts = tokenize_split(pq.read_table(raw / f"{split}.parquet"), tokenize)
+        n_tokens = sum(pc.sum(tables[split].column(c)).as_py() or 0 for c in LEN_COLUMNS)
+        figures[split] = {"pairs": tables[split].num_rows, "tokens": n_tokens, **counts}
+    total = sum(figures[s]["tokens"] for s in ("train", "test"))
+    figures["tokens_per_s"] = round(total / (time.perf_counter() - started), 1)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        for split, table in tables.items():
+            write_arrow(table, tmp / f"{split}.arrow")
+    write_json(metrics, figures)
+    return figures
+
+
+def main(raw: Path, out: Path, metrics: Path) -> None:
     params = load_params("params.yaml")
-    run_tokenize(Path("data/raw"), Path("data/tokenized"), Path("metrics/tokenize.json"), params.tokenize)
+    run(params.tokenize, raw, out, metrics)
 
 
 if __name__ == "__main__":
-    run_or_exit(main)
+    run_stage(main)

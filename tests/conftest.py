@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
-from gptpipe.config import parse_params
-from gptpipe.data.sources import download
-from gptpipe.data.tokenizer import run_tokenize
-from tiny import TINY
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the stage modules (stages/), which tests call through stage_runs
+
+from gptpipe.config import parse_params  # noqa: E402
+from stage_runs import download, run_tokenize  # noqa: E402
+from tiny import TINY  # noqa: E402
+
 # ../shared beside the checkout (also in CI); GPTPIPE_SHARED points elsewhere.
 SHARED = Path(os.environ.get("GPTPIPE_SHARED", REPO.parent / "shared"))
 HH_DIR = SHARED / "data" / "hh-rlhf"

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gptpipe.config import OPTIMIZERS, Params, ParamsError, load_params, parse_params
+from gptpipe.config import OPTIMIZERS, LoopConfig, Params, ParamsError, load_params, parse_params
 from gptpipe.cli import _merge
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,5 +79,23 @@ def test_config_objects_are_frozen():
 
 
 def test_lora_targets_are_checked():
-    with pytest.raises(ParamsError, match=r"lora.targets.0: 'c_proj'"):
-        parse_params({"lora": {"rank": 4, "targets": ["c_proj"]}})
+    with pytest.raises(ParamsError, match=r"train.lora.targets.0: 'c_proj'"):
+        parse_params({"train": {"lora": {"rank": 4, "targets": ["c_proj"]}}})
+
+
+def test_params_yaml_states_each_loop_knob_once():
+    # `train` shows every loop knob (the place they are documented); base, reward and dpo list only
+    # those they set differently, so no knob is repeated at its default and none is dead.
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    loop_knobs = set(LoopConfig.model_fields)
+    assert loop_knobs <= set(raw["train"])
+    for section in ("base", "reward", "dpo"):
+        repeated = [k for k in loop_knobs & set(raw[section]) if raw[section][k] == getattr(LoopConfig(), k)]
+        assert not repeated, f"{section} repeats loop defaults: {repeated}"
+
+
+def test_the_sections_keep_the_values_the_default_ran_with():
+    params = load_params(REPO / "params.yaml")
+    assert (params.base.lr, params.base.weight_decay, params.base.eval_every) == (0.003, 0.1, 50)
+    assert (params.dpo.lr, params.dpo.max_steps, params.dpo.warmup_steps) == (3e-4, 40, 4)
+    assert params.reward.lr == 1e-3 and params.score.batch_size == 32 and params.train.lora.rank == 0

@@ -14,14 +14,16 @@ from transformers import AutoModelForCausalLM
 
 from gptpipe.data.batches import StepPlan, collate_pairs, eval_sample, pair_examples
 from gptpipe.config import SharedConfig, parse_params
-from gptpipe.train.dpo import DirectPreference, cache_reference, pair_losses, pair_stats, reference_logprobs, run_dpo
+from gptpipe.train.dpo import DirectPreference, cache_reference, pair_losses, pair_stats, reference_logprobs
+from stage_runs import run_dpo
 from gptpipe.errors import UserError
 from gptpipe.train.flops import ModelShape
 from gptpipe.models.lora import LoRALinear, apply_lora
 from gptpipe.models.gpt2 import build_scratch, save_model
 from gptpipe.train.objectives import response_logprobs
 from gptpipe.data.tokenizer import read_arrow
-from gptpipe.train.loop import evaluate, make_runtime, train
+from gptpipe.train.loop import evaluate, train
+from gptpipe.train.runtime import make_runtime
 from tiny import TINY
 
 BETA = 0.1
@@ -129,7 +131,7 @@ def test_at_init_the_loss_is_log_2_and_every_margin_is_zero(tiny_params, pairs, 
         examples = _with_refs(model, examples, batch_size=cfg.micro_batch_size)
     if lora:
         torch.manual_seed(0)
-        apply_lora(model, rank=4, alpha=8.0, dropout=0.0, targets=tiny_params.lora.targets)
+        apply_lora(model, rank=4, alpha=8.0, dropout=0.0, targets=tiny_params.train.lora.targets)
     objective = DirectPreference(model, beta=BETA, reference=reference)
     figures = evaluate(objective, examples, cfg, CPU)
     # Exactly, not approximately: the same numbers meet in the same batches.
@@ -150,7 +152,7 @@ def test_cached_and_live_references_give_the_same_losses_and_gradients(tiny_para
     examples = _with_refs(model, pairs["train"][:8])
     if lora:
         torch.manual_seed(0)
-        apply_lora(model, rank=4, alpha=8.0, dropout=0.0, targets=tiny_params.lora.targets)
+        apply_lora(model, rank=4, alpha=8.0, dropout=0.0, targets=tiny_params.train.lora.targets)
     live = DirectPreference(model, beta=BETA, reference="live")  # the reference is frozen here
     cached = DirectPreference(model, beta=BETA, reference="cached")  # the same policy
     _perturbed(model, only_lora=lora)  # so the policy is no longer its reference: h != 0
@@ -198,7 +200,7 @@ def test_a_cached_objective_refuses_a_batch_without_reference_log_probs(tiny_par
 
 def test_a_live_lora_reference_needs_fresh_adapters(tiny_params):
     model = apply_lora(build_scratch(tiny_params.model, 0), rank=2, alpha=2.0, dropout=0.0,
-                       targets=tiny_params.lora.targets)
+                       targets=tiny_params.train.lora.targets)
     _perturbed(model, only_lora=True)
     with pytest.raises(ValueError, match="already trained"):
         DirectPreference(model, beta=BETA, reference="live")

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from gptpipe.errors import UserError
-from gptpipe.evaluation.judge import mean_interval, run_evaluate, run_judge, win_rate, win_rates
+from gptpipe.evaluation.stats import mean_interval, win_rate, win_rates
+from stage_runs import run_evaluate, run_judge, run_score
 from gptpipe.models.gpt2 import build_scratch
-from gptpipe.evaluation.scores import run_score
 from gptpipe.models.reward import reward_model_from, save_reward_model
 
 

@@ -10,8 +10,13 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from gptpipe.config import LoopConfig
 from gptpipe.train.galore import GaLoreAdamW, adamw_state_elements, galore_state_elements
-from gptpipe.train.optim import memory_split
+from gptpipe.train.optim import build_optimizer, memory_split
+
+# The paper's refresh interval T and scale alpha (Zhao et al. 2024, Sec. 5), where a test does not
+# set its own: GaLoreAdamW has no defaults for them (gptpipe.config.LoopConfig holds the pipeline's).
+PAPER_UPDATE_EVERY, PAPER_SCALE = 200, 0.25
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -60,7 +65,8 @@ def state_elements(optimizer: torch.optim.Optimizer) -> int:
 
 def test_state_held_is_what_galore_state_elements_predicts_and_under_a_third_of_adamw():
     model = tiny_gpt2(0, vocab_size=500, n_embd=64, n_layer=2, n_positions=64)
-    optimizer = GaLoreAdamW(factory_groups(model, 0.1), lr=1e-3, rank=16)
+    optimizer = GaLoreAdamW(factory_groups(model, 0.1), lr=1e-3, rank=16, update_every=PAPER_UPDATE_EVERY,
+                            scale=PAPER_SCALE)
     lm_step(model, optimizer, torch.randint(0, 500, (2, 16)))
 
     shapes = [tuple(p.shape) for p in model.parameters()]
@@ -88,9 +94,9 @@ def test_with_nothing_projected_it_is_torch_adamw():
     ours_model = tiny_gpt2(0, vocab_size=100, n_embd=32, n_layer=1, n_positions=16)
     torch_model = tiny_gpt2(0, vocab_size=100, n_embd=32, n_layer=1, n_positions=16)
     # rank 32 >= min(m, n) of every matrix (n_embd 32), so no matrix is projected. scale (α) is
-    # left at 0.25: Algorithm 2 applies it to the back-projected update only, so it must not matter.
+    # 0.25, not 1: Algorithm 2 applies it to the back-projected update only, so it must not matter.
     ours = GaLoreAdamW(factory_groups(ours_model, 0.1), lr=3e-3, betas=(0.8, 0.95), eps=1e-6,
-                       rank=32, scale=0.25)
+                       rank=32, update_every=PAPER_UPDATE_EVERY, scale=0.25)
     reference = torch.optim.AdamW(factory_groups(torch_model, 0.1), lr=3e-3, betas=(0.8, 0.95), eps=1e-6)
     for batch in ids:
         lm_step(ours_model, ours, batch)
@@ -153,7 +159,7 @@ def test_updates_lie_in_the_top_singular_subspace_of_the_latest_refresh(shape):
     generator = torch.Generator().manual_seed(0)
     # float64, so that the update (~1e-3) survives subtracting weights of ~1 from each other.
     weight = torch.nn.Parameter(torch.randn(shape, generator=generator, dtype=torch.float64))
-    optimizer = GaLoreAdamW([weight], lr=lr, weight_decay=wd, rank=rank, update_every=2)
+    optimizer = GaLoreAdamW([weight], lr=lr, weight_decay=wd, rank=rank, update_every=2, scale=PAPER_SCALE)
     projectors = []
     for step in range(1, 5):
         grad = torch.randn(shape, generator=generator, dtype=torch.float64)
@@ -183,7 +189,7 @@ def test_the_projector_does_not_depend_on_the_sign_lapack_picks(shape):
     projectors = []
     for sign in (1, -1):
         weight = torch.nn.Parameter(torch.zeros(shape))
-        optimizer = GaLoreAdamW([weight], rank=4)
+        optimizer = GaLoreAdamW([weight], rank=4, update_every=PAPER_UPDATE_EVERY, scale=PAPER_SCALE)
         weight.grad = sign * grad
         optimizer.step()
         projectors.append(optimizer.state[weight]["projector"])
@@ -270,7 +276,8 @@ def resume_run(steps_before: int, steps_after: int, batches: torch.Tensor):
 
     def fresh(seed: int):
         model = tiny_gpt2(seed, vocab_size=VOCAB, n_embd=N_EMBD, n_layer=1, n_positions=16)
-        return model, GaLoreAdamW(factory_groups(model, 0.1), lr=0.01, rank=RANK, update_every=4)
+        return model, GaLoreAdamW(factory_groups(model, 0.1), lr=0.01, rank=RANK, update_every=4,
+                                  scale=PAPER_SCALE)
 
     model, optimizer = fresh(0)
     for batch in batches[:steps_before]:
@@ -314,10 +321,31 @@ def test_a_resumed_run_equals_an_uninterrupted_one_across_a_projector_refresh():
 ])
 def test_bad_arguments_are_refused_naming_the_argument(argument, value):
     weight = torch.nn.Parameter(torch.zeros(8, 8))
+    valid = {"rank": 4, "update_every": PAPER_UPDATE_EVERY, "scale": PAPER_SCALE}
     with pytest.raises(ValueError, match=rf"^{argument} must be"):
-        GaLoreAdamW([weight], **{argument: value})
+        GaLoreAdamW([weight], **{**valid, argument: value})
     with pytest.raises(ValueError, match=rf"^{argument} must be"):  # a group's own setting too
-        GaLoreAdamW([{"params": [weight], argument: value}])
+        GaLoreAdamW([{"params": [weight], argument: value}], **valid)
+
+
+@pytest.mark.parametrize("missing", ["rank", "update_every", "scale"])
+def test_rank_update_every_and_scale_have_no_default_here(missing):
+    # Their one default lives in gptpipe.config.LoopConfig; a second one here once differed (200, 0.25).
+    weight = torch.nn.Parameter(torch.zeros(8, 8))
+    given = {"rank": 4, "update_every": PAPER_UPDATE_EVERY, "scale": PAPER_SCALE}
+    del given[missing]
+    with pytest.raises(TypeError, match=missing):
+        GaLoreAdamW([weight], **given)
+
+
+def test_build_optimizer_passes_the_config_galore_knobs():
+    model = tiny_gpt2(0, vocab_size=100, n_embd=32, n_layer=1, n_positions=16)
+    cfg = LoopConfig(optimizer="galore", galore_rank=3, galore_update_every=7, galore_scale=0.5)
+    optimizer = build_optimizer(model.parameters(), cfg)
+    assert isinstance(optimizer, GaLoreAdamW)
+    assert (optimizer.defaults["rank"], optimizer.defaults["update_every"], optimizer.defaults["scale"]) == (3, 7, 0.5)
+    default = LoopConfig(optimizer="galore")
+    assert build_optimizer(model.parameters(), default).defaults["update_every"] == default.galore_update_every
 
 
 def test_state_elements_refuses_a_rank_below_one():

@@ -12,9 +12,10 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 from gptpipe.config import parse_params
 from gptpipe.errors import UserError
 from gptpipe.evaluation.generate import (
-    Sampling, answer_of, filter_logits, generate, next_tokens, run_generate, sample_prompts, stop_reason,
+    Sampling, answer_of, filter_logits, generate, next_tokens, sample_prompts, stop_reason,
 )
 from gptpipe.models.gpt2 import build_scratch, save_model
+from stage_runs import run_generate
 from gptpipe.data.tokenizer import EOT_ID, encode
 from tiny import TINY
 

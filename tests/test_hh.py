@@ -7,7 +7,8 @@ import pytest
 from gptpipe.data import hh
 from gptpipe.config import DataConfig
 from gptpipe.data.hh import DataFileError, ParseReport, parse_records, read_jsonl
-from gptpipe.data.sources import SourceUnreachable, download, read_hub
+from gptpipe.data.sources import SourceUnreachable, read_hub
+from stage_runs import download
 
 GOOD = {"chosen": "\n\nHuman: Hi?\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi?\n\nAssistant: Go away."}
 

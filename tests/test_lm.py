@@ -10,7 +10,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from gptpipe.config import LoraConfig, parse_params
-from gptpipe.train.language_model import add_lora, run_sft, sound_test_pairs
+from gptpipe.data.subsets import sound_test_pairs
+from gptpipe.models.lora import add_lora
+from stage_runs import run_sft
 from gptpipe.models.lora import LoRALinear
 from gptpipe.models.gpt2 import build_scratch, save_model
 from gptpipe.data.tokenizer import read_arrow
@@ -47,7 +49,7 @@ def test_sft_with_lora_changes_only_the_adapted_weights_and_saves_the_adapter(
     base = tmp_path / "models" / "base"
     save_model(build_scratch(tiny_params.model, 0), base)
     train = {**TINY["train"], "max_steps": 4, "eval_every": 2}
-    params = parse_params({**TINY, "train": train, "lora": {"rank": 2, "alpha": 4.0, "targets": ["attn.c_attn"]}})
+    params = parse_params({**TINY, "train": {**train, "lora": {"rank": 2, "alpha": 4.0, "targets": ["attn.c_attn"]}}})
     out, metrics_path = tmp_path / "models" / "sft", tmp_path / "sft.json"
     metrics = run_sft(params, tokenized, base, out, metrics_path, tmp_path / "plots")
 

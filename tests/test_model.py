@@ -5,7 +5,7 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from gptpipe.config import ModelConfig
-from gptpipe.train.language_model import run_base
+from stage_runs import run_base
 from gptpipe.models.gpt2 import ModelUnreachable, build_scratch, load_model, load_pretrained, save_model
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gptpipe.config import OPTIMIZERS, TrainConfig
+from gptpipe.config import OPTIMIZERS, LoopConfig
 from gptpipe.models.gpt2 import build_scratch
 from gptpipe.train.optim import DEFAULT_LR, build_optimizer, memory_split, theoretical_state_bytes
 from tiny import run_tiny
@@ -10,7 +10,7 @@ from tiny import run_tiny
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_optimizer_state_bytes_match_the_formula(name, tiny_params):
     model = build_scratch(tiny_params.model, seed=0)
-    cfg = TrainConfig(optimizer=name, galore_rank=8)
+    cfg = LoopConfig(optimizer=name, galore_rank=8)
     optimizer = build_optimizer(model.parameters(), cfg)
     for p in model.parameters():
         p.grad = torch.randn_like(p)
@@ -34,7 +34,7 @@ def test_frozen_parameters_get_no_optimizer_state(tiny_params):
     model = build_scratch(tiny_params.model, seed=0)
     for name, p in model.named_parameters():
         p.requires_grad = "ln_f" in name
-    optimizer = build_optimizer(model.parameters(), TrainConfig(optimizer="adamw"))
+    optimizer = build_optimizer(model.parameters(), LoopConfig(optimizer="adamw"))
     for p in model.parameters():
         if p.requires_grad:
             p.grad = torch.ones_like(p)

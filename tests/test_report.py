@@ -8,6 +8,7 @@ pipeline really produces, and a change of format there shows up here.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -19,9 +20,14 @@ import yaml
 
 from gptpipe import figures as plots
 from gptpipe.config import parse_params
+from gptpipe.entry import run_stage
 from gptpipe.errors import UserError
 from gptpipe.files import write_json, write_tsv
-from gptpipe.report.page import build_report, fmt, markdown_html, scaling_findings, study_findings
+from gptpipe.report.findings import scaling_findings, study_findings
+from gptpipe.report.format import fmt
+from gptpipe.report.markdown import markdown_html
+from gptpipe.report.metrics import ScalingMetrics, from_json
+from gptpipe.report.page import build_report
 from gptpipe.scaling.fit import write_scaling_report
 from gptpipe.studies.runner import write_record, write_table
 
@@ -212,15 +218,14 @@ def test_a_build_that_fails_while_writing_leaves_the_earlier_report_as_it_was(pr
     assert [p.name for p in project.iterdir() if p.name.startswith(".")] == []
 
 
-def test_the_stage_writes_the_page_and_its_record_from_the_project_root(project, monkeypatch):
+def test_the_stage_writes_the_page_and_its_record_where_its_command_line_says(project, tmp_path):
     from stages.report import main
 
     (project / "params.yaml").write_text(yaml.safe_dump(parse_params({}).model_dump(mode="json")))
-    monkeypatch.chdir(project)
-    main()
+    run_stage(main, ["--root", str(project), "--out", str(tmp_path / "page"), "--metrics", str(tmp_path / "r.json")])
 
-    assert "Optimizer comparison" in (project / "report/index.html").read_text()
-    assert json.loads((project / "metrics/report.json").read_text())["parts_present"] == 4
+    assert "Optimizer comparison" in (tmp_path / "page/index.html").read_text()
+    assert json.loads((tmp_path / "r.json").read_text())["parts_present"] == 4
 
 
 def test_stages_still_to_come_render_from_the_formats_they_write(project):
@@ -240,7 +245,8 @@ def test_stages_still_to_come_render_from_the_formats_they_write(project):
                             "test_loss": [1.6244660113825047, 1.5810000000000002, 1.7],
                             "mean_reward": [0.41, 0.66, 0.38]})
     write_table(quality, project / "plots/studies", "data-quality", ["Regime: **test**; `filter.by` chosen_reward."])
-    write_json(project / "metrics/dpo.json", {"rewards/accuracies": 0.7, "rewards/margins": 0.9, "test_loss": 0.61})
+    write_json(project / "metrics/dpo.json", {"test_accuracy_start": 0.5, "test_accuracy": 0.7, "test_margin": 0.9,
+                                              "test_loss": 0.61})
     (project / "plots/evaluate").mkdir(parents=True)
     (project / "plots/evaluate/report.md").write_text(
         "# Rewards of the generations\n\n| model | mean reward |\n|:--|--:|\n| sft | 0.51 |\n| dpo | 0.73 |\n\n"
@@ -269,7 +275,8 @@ def test_a_study_states_the_params_of_its_baseline_commit(project):
                               check=True).stdout.strip()
 
     git("init", "-q")
-    (project / "params.yaml").write_text(yaml.safe_dump({"train": {"max_steps": 77}}))
+    # the layout of that time: LoRA was a top-level section, now train.lora
+    (project / "params.yaml").write_text(yaml.safe_dump({"train": {"max_steps": 77}, "lora": {"rank": 8}}))
     git("add", "params.yaml")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "baseline")
     baseline = git("rev-parse", "HEAD")
@@ -278,15 +285,21 @@ def test_a_study_states_the_params_of_its_baseline_commit(project):
     build(project)
     page = (project / "report/index.html").read_text()
 
-    assert f"params.yaml at the study&#x27;s baseline {baseline[:7]}" in page
+    assert f"params.yaml at the study&#39;s baseline {baseline[:7]}" in page
     assert "train: {max_steps: 77}" in page
+    assert "lora: {rank: 8}" in page and "params: train, lora (params.yaml at the study" in page
+
+
+def compact(html: str) -> str:
+    """HTML with the whitespace between tags dropped and runs of it made one space: structure, not layout."""
+    return re.sub(r">\s+<", "><", re.sub(r"\s+", " ", html))
 
 
 def test_markdown_subset_and_numbers_for_people():
-    html = markdown_html(
+    html = compact(markdown_html(
         "# Title\n\nSome **bold** and `a_b|c` <script>.\n\n"
         "| name | n | loss |\n|:--|--:|--:|\n| a<b | 6862464 | 1.7604259379510043 |\n| c | 12 | 0.01562 |\n\n"
-        "- first note\n  wrapped\n- second\n", heading_offset=2, best_column="loss")
+        "- first note\n  wrapped\n- second\n", heading_offset=2, best_column="loss"))
     assert "<h3>Title</h3>" in html
     assert "<p>Some <strong>bold</strong> and <code>a_b|c</code> &lt;script&gt;.</p>" in html
     assert "<td>a&lt;b</td>" in html and '<td class="num">6,862,464</td>' in html
@@ -296,6 +309,64 @@ def test_markdown_subset_and_numbers_for_people():
 
     assert [fmt(v) for v in (6862464, 3436.7, 427.4, 0.000597, 5410639084032.0, 1.6244660113825047, None)] == [
         "6,862,464", "3,437", "427.4", "0.000597", "5.411e+12", "1.624", "—"]
+
+
+def test_markdown_tables_are_reformatted_for_people_and_mark_every_row_tied_for_the_lowest():
+    """The table pandas writes for a study, as the reader should see it."""
+    table = pd.DataFrame({"optimizer": ["sgd", "adam", "adamw", "galore"], "lr": [0.5, 0.001, 0.001, 0.00125],
+                          "test_loss": [1.741094180163795, 1.6244660113825047, 1.62446601138, None],
+                          "tokens_per_s": [1347.2, 1727.6, 3420.3, 3387.3], "note": ["—", "1e+12", "-4.957", "x"],
+                          "state_MiB": [0.0, 52.35655212402344, 52.35655212402344, 13.265869140625]})
+    html = compact(markdown_html(table.to_markdown(index=False), best_column="test_loss"))
+
+    # column names as words; no inline styles, numeric columns by class
+    assert ("<thead><tr><th>optimizer</th><th>lr</th><th>test loss</th><th>tokens/s</th><th>note</th>"
+            "<th>state (MiB)</th></tr></thead>") in html
+    assert "style=" not in html
+    # adam and adamw tie as the reader sees them (1.624): both marked, and the legend says what by
+    assert html.count('<tr class="best">') == 2
+    assert ('<tr class="best"><td>adam</td><td class="num">0.001</td><td class="num">1.624</td>'
+            '<td class="num">1,728</td><td>1e+12</td><td class="num">52.36</td></tr>') in html
+    # 4 digits or fewer: as its writer wrote it; a text column keeps its numbers as text
+    assert ('<tr><td>galore</td><td class="num">0.00125</td><td class="num">nan</td><td class="num">3,387</td>'
+            '<td>x</td><td class="num">13.27</td></tr>') in html
+    assert '<p class="legend">Highlighted: the lowest test loss.</p>' in html
+    assert html.startswith('<div class="scroll"><table>') and "</table></div>" in html
+    # without a best column, nothing is marked and there is no legend
+    plain = markdown_html(table.to_markdown(index=False))
+    assert 'class="best"' not in plain and "Highlighted" not in plain
+
+
+def test_markdown_keeps_code_in_headers_and_shifts_headings_within_html():
+    html = compact(markdown_html("## Sub\n\n###### Deep\n\n| `peak_rss_MiB` | state_MiB |\n|---|---|\n| 1 | 2 |\n",
+                                 heading_offset=3))
+    assert "<h5>Sub</h5>" in html and "<h6>Deep</h6>" in html  # never past h6
+    assert "<th><code>peak_rss_MiB</code></th><th>state (MiB)</th>" in html
+
+
+def test_the_template_escapes_every_value_it_is_given(project):
+    """Names and notes from metrics, study tables and markdown reach the page as text, never as markup."""
+    payload = "<script>alert(1)</script>"
+    write_json(project / "metrics/score.json", {
+        "scorer": payload, "train": {"pairs": 4, "pairwise_accuracy": 0.5, "mean_chosen_reward": 1.0,
+                                     "mean_rejected_reward": 0.0}})
+    write_json(project / "metrics/filter.json", {"by": payload, "kept": 1, "total": 2, payload: 3})
+    rows = OPTIMIZERS.assign(optimizer=[*OPTIMIZERS["optimizer"][:-1], payload])  # galore's row, the highest loss
+    write_record(project / "metrics/studies/optimizers.json", "optimizers", "0" * 40, rows)
+    write_table(rows, project / "plots/studies", "optimizers", [f"A note with {payload}."])
+
+    build(project, commit=payload)
+    page = (project / "report/index.html").read_text()
+
+    assert "<script" not in page
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert f"Scored by {escaped}." in page  # a finding's sentence
+    assert f"train pairs by {escaped}" in page
+    assert f'<th scope="row">{escaped}</th>' in page  # a metrics key
+    assert f"highest: {escaped} (1.809)" in page
+    assert f"<td>{escaped}</td>" in page  # a study table's cell
+    assert f"A note with {escaped}." in page  # its notes
+    assert f"from commit {escaped}." in page  # the footer
 
 
 def test_data_quality_findings_set_each_random_control_against_the_top_subset_of_its_size():
@@ -311,7 +382,7 @@ def test_data_quality_findings_set_each_random_control_against_the_top_subset_of
     assert "At 800 pairs, the reward-filtered top800 (5.7) beats the random control random800 (4.5)" in said
     assert "At 400 pairs, the reward-filtered top400 (3) does not beat the random control random400 (3.5)" in said
     assert "sound answers" not in said  # older records have no such column
-    rows[1]["test_loss_sound"], rows[3]["test_loss_sound"] = 0.9, 1.4
+    rows[1]["test_sound_loss"], rows[3]["test_sound_loss"] = 0.9, 1.4
     said = " ".join(study_findings(rows))
     assert "Lowest test loss on the sound answers only: <strong>top800</strong> (0.9)" in said
     assert ("At 800 pairs, by the test loss on sound answers (no judge involved), the reward-filtered top800 "
@@ -328,6 +399,6 @@ def test_scaling_finding_states_the_exponents_only_as_far_as_they_were_fitted(bu
     m = {"n_opt_exponent": 0.61 if fitted else None, "d_opt_exponent": 0.39 if fitted else None,
          "n_opt_r2": r2, "fitted_budgets": budgets, "n_runs": 12, "extrapolated_budgets": [],
          "exponent_note": None if fitted else "1 budget(s) with a fitted minimum inside the sizes run; exponents need 2"}
-    said = " ".join(scaling_findings(m))
+    said = " ".join(scaling_findings(from_json(ScalingMetrics, m)))
     assert says in said
     assert ("0.61" in said) == fitted and "—" not in said

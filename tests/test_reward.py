@@ -13,13 +13,14 @@ from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, Pr
 
 from gptpipe.data.batches import PairExample, pair_examples
 from gptpipe.errors import UserError
-from gptpipe.train.language_model import run_base
-from gptpipe.evaluation.scores import auc, run_reward, run_score
+from gptpipe.evaluation.scores import auc
+from stage_runs import run_base, run_reward, run_score
 from gptpipe.models.reward import (
-    MARKER, BradleyTerry, RewardUnreachable, bradley_terry_loss, load_hub_classifier, load_scorer,
+    MARKER, RewardUnreachable, load_hub_classifier, load_scorer,
     reward_model_from, sequence_rewards,
 )
 from gptpipe.data.tokenizer import read_arrow
+from gptpipe.train.objectives import BradleyTerry, bradley_terry_loss
 
 
 def test_bradley_terry_loss_equals_the_formula_on_hand_values():
@@ -119,7 +120,7 @@ def tiny_classifier(tmp_path_factory):
 
 def test_hf_backend_scores_text_pairs_like_the_classifier_itself(tiny_params, tokenized, tiny_classifier, tmp_path):
     params = tiny_params.model_copy(update={"reward": tiny_params.reward.model_copy(update={
-        "backend": "hf", "name": str(tiny_classifier), "score_batch_size": 5})})
+        "backend": "hf", "name": str(tiny_classifier)}), "score": tiny_params.score.model_copy(update={"batch_size": 5})})
     metrics = run_reward(params, tokenized, tmp_path / "unused-base", tmp_path / "reward", tmp_path / "r.json", tmp_path / "p")
     assert metrics["backend"] == "hf" and metrics["name"] == str(tiny_classifier)
     scorer = load_scorer(tmp_path / "reward", batch_size=5, device=torch.device("cpu"))
@@ -167,7 +168,7 @@ def _scored(tmp_path, tokenized, rewards):
 
 
 def _filter(tiny_params, tokenized, tmp_path, **update):
-    from gptpipe.evaluation.scores import run_filter
+    from stage_runs import run_filter
 
     params = tiny_params.model_copy(update={"filter": tiny_params.filter.model_copy(update=update)})
     return run_filter(params, tmp_path / "scored", tokenized, tmp_path / "subsets", tmp_path / "filter.json")

@@ -128,9 +128,51 @@ def test_fit_isoflop_without_a_minimum_has_no_optimum():
 
 
 def test_fit_isoflop_on_a_straight_profile_has_no_usable_minimum():
-    # Loss linear in N (not in ln N) fits a ~ 0 with the vertex at N ~ 0: no optimum, not N = 0.
+    # Each doubling of N adds 0.5: straight in ln N, so the fitted a is zero up to rounding (one
+    # install fitted a = -3.6e-16 and called it "opens downward"): no curvature, whatever its sign.
     fit = fit_isoflop([1e6, 2e6, 4e6], [5.0, 5.5, 6.0])
-    assert fit["n_opt"] is None and "underflows" in fit["reason"]
+    assert fit["n_opt"] is None and "straight in ln N" in fit["reason"]
+    assert not fit["curvature_ok"] and not fit["inside"]
+
+
+SIZES = np.array([1e6, 2e6, 4e6, 8e6, 1.6e7])
+
+
+def bent_profile(share: float, slope: float = 0.5) -> list[float]:
+    """slope per doubling of N, plus a curvature a that bends the profile over the sizes by `share`
+    of its range: a (ln N range)^2 = share * range (straight when share is 0)."""
+    log_n = np.log(SIZES)
+    straight = 5.0 + slope * (log_n - log_n[0]) / math.log(2)
+    a = share * np.ptp(straight) / np.ptp(log_n) ** 2
+    return (straight + a * (log_n - log_n.mean()) ** 2).tolist()
+
+
+@pytest.mark.parametrize("n", [3, 4, 5])
+@pytest.mark.parametrize("slope", [0.5, -0.5, 1e-3, 0.0])
+def test_a_straight_or_constant_profile_is_flat_not_concave_or_convex(n, slope):
+    fit = fit_isoflop(SIZES[:n].tolist(), bent_profile(0.0, slope)[:n])
+    assert fit["n_opt"] is None and not fit["curvature_ok"]
+    assert "straight in ln N" in fit["reason"], fit["reason"]
+
+
+@pytest.mark.parametrize("share", [1e-12, -1e-12])
+def test_curvature_below_the_tolerance_counts_as_none_whatever_its_sign(share):
+    fit = fit_isoflop(SIZES.tolist(), bent_profile(share))
+    assert fit["a"] != 0 and (fit["a"] > 0) == (share > 0)  # a real curvature, too small to count
+    assert fit["n_opt"] is None and "straight in ln N" in fit["reason"]
+
+
+def test_curvature_above_the_tolerance_counts_by_its_sign():
+    concave = fit_isoflop(SIZES.tolist(), bent_profile(-1e-6))
+    assert concave["n_opt"] is None and "opens downward" in concave["reason"]
+    assert "opens downward" in fit_isoflop(SIZES.tolist(), bent_profile(-0.5))["reason"]
+    # Convex but nearly straight: the vertex lies ~1e6 e-folds away, an optimum no float can hold.
+    barely = fit_isoflop(SIZES.tolist(), bent_profile(1e-6))
+    assert barely["curvature_ok"] and barely["n_opt"] is None and "underflows" in barely["reason"]
+    assert "overflows" in fit_isoflop(SIZES.tolist(), bent_profile(1e-6, slope=-0.5))["reason"]
+    # Clearly convex with the vertex inside the sizes: a fit.
+    convex = fit_isoflop(SIZES.tolist(), parabola_losses(SIZES, 4e6, 0.05).tolist())
+    assert convex["reason"] is None and convex["inside"] and convex["n_opt"] == pytest.approx(4e6, rel=1e-6)
 
 
 def test_fit_isoflop_needs_three_sizes():
@@ -270,6 +312,16 @@ def test_the_page_says_when_every_run_is_data_starved(tmp_path):
     summary = write_scaling_report(report_results(), tmp_path, regime="law")
     assert summary["tokens_per_param"][1] > 5
     assert "data-starved" not in (tmp_path / "compute_optimal.md").read_text()
+
+
+def test_a_power_law_through_constant_y_is_exact_even_off_by_one_ulp():
+    # y equal up to its last bit: the spread and the residuals are both rounding, and their ratio
+    # once gave r2 = -2.67. Exponent 0 fits such y exactly.
+    x = [1e12, 3e12, 1e13, 3e13]
+    y = [7.0, math.nextafter(7.0, 8.0), 7.0, math.nextafter(7.0, 6.0)]
+    fit = fit_power_law(x, y)
+    assert fit["r2"] == 1.0 and fit["exponent"] == pytest.approx(0.0, abs=1e-12)
+    assert fit_power_law(x, [7.0, 7.0 * (1 + 1e-6), 7.0, 7.0])["r2"] < 1.0  # a real (if small) spread
 
 
 def test_a_power_law_through_two_budgets_has_no_r2():

@@ -6,7 +6,8 @@ import pytest
 from gptpipe.config import ParamsError, parse_params
 from gptpipe.errors import UserError
 from gptpipe.train.flops import count_params
-from gptpipe.scaling.runs import _scaling_shape, run_scaling
+from gptpipe.scaling.runs import scaling_shape as _scaling_shape
+from stage_runs import run_scaling
 from tiny import TINY
 
 

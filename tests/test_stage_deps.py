@@ -54,8 +54,14 @@ def test_stage_deps_are_the_modules_its_script_imports(name):
     stage = STAGES[name].get("do", STAGES[name])  # foreach stages keep their body under `do`
     script = _script(stage)
     assert script in stage["deps"]
-    listed = {d for d in stage["deps"] if d.startswith("gptpipe/")}
+    listed = {d for d in stage["deps"] if d.startswith("gptpipe/") and d.endswith(".py")}
     assert sorted(listed) == sorted(_import_closure(script))
+
+
+def test_the_report_depends_on_its_template_and_stylesheet():
+    deps = STAGES["report"]["deps"]
+    assert {"gptpipe/report/style.css", "gptpipe/report/templates"} <= set(deps)
+    assert all((REPO / d).exists() for d in ("gptpipe/report/style.css", "gptpipe/report/templates"))
 
 
 def test_the_closure_follows_imports_through_modules():

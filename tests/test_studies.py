@@ -42,8 +42,8 @@ def test_data_quality_table_reads_filter_sft_and_judge_metrics():
     assert table["sft_reward"].tolist() == [2.0, 0.5]
     assert table["reward_ci"].iloc[0] == "[1.800, 2.200]"
     assert table["threshold"].isna().tolist() == [False, True]
-    assert table["test_loss_sound"].iloc[0] == pytest.approx(1.2)  # an older record without it: blank
-    assert table["test_loss_sound"].isna().tolist() == [False, True]
+    assert table["test_sound_loss"].iloc[0] == pytest.approx(1.2)  # an older record without it: blank
+    assert table["test_sound_loss"].isna().tolist() == [False, True]
 
 
 def test_a_missing_value_reads_as_a_dash_in_the_markdown_table(tmp_path):
@@ -54,3 +54,35 @@ def test_a_missing_value_reads_as_a_dash_in_the_markdown_table(tmp_path):
     text = (tmp_path / "t.md").read_text()
     assert "5.837" in text and "—" in text and "nan" not in text
     assert pd.read_csv(tmp_path / "t.csv")["threshold"].isna().tolist() == [False, True]  # the CSV keeps NaN
+
+
+def test_every_point_sets_keys_the_params_accept(tmp_path, monkeypatch):
+    # `dvc exp run -S` sets these keys; one the config does not know (lora.rank after LoRA moved
+    # under train) would fail every experiment of the study.
+    from gptpipe.config import load_params
+    from gptpipe.studies.definitions import LORA_LR, lora_points, optimizer_points, scaling_points
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "data.json").write_text('{"train": {"pairs": 1000}}')
+    (tmp_path / "params.yaml").write_text("shared:\n  seed: 1\n")
+    points = [*optimizer_points(), *lora_points(), *data_quality_points(), *scaling_points()]
+    for point in points:
+        load_params(tmp_path / "params.yaml", overrides=point.overrides)
+    ranks = {p.label: p.overrides for p in lora_points()}
+    assert ranks["r8"] == {"train.lora.rank": 8, "train.lr": LORA_LR}
+    assert ranks["full"]["train.lora.rank"] == 0
+
+
+def test_scaling_points_follow_the_validated_model_section(tmp_path, monkeypatch):
+    from gptpipe.config import ParamsError
+    from gptpipe.studies.definitions import scaling_points
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("model:\n  init: scratch\n")
+    assert [p.label for p in scaling_points()] == ["2x64", "2x128", "4x128"]
+    (tmp_path / "params.yaml").write_text("model:\n  init: pretrained\n")
+    assert [p.overrides for p in scaling_points()][0] == {"model.name": "gpt2"}
+    (tmp_path / "params.yaml").write_text("model:\n  init: pretrianed\n")
+    with pytest.raises(ParamsError, match="model.init"):  # a typo is an error, not the scratch sizes
+        scaling_points()

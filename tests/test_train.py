@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptpipe.config import TrainConfig
-from gptpipe.train.language_model import run_base
+from gptpipe.config import LoopConfig
+from stage_runs import run_base
 from gptpipe.train.loop import scheduled_lr
 from tiny import run_tiny as _run
 
@@ -51,7 +51,7 @@ def test_two_runs_with_the_same_params_give_identical_metrics(tiny_params, token
 
 
 def test_schedule_warms_up_then_decays_to_the_floor():
-    cfg = TrainConfig(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    cfg = LoopConfig(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
     assert scheduled_lr(cfg, 0) == pytest.approx(0.1)
     assert scheduled_lr(cfg, 9) == pytest.approx(1.0)
     assert scheduled_lr(cfg, 60) == pytest.approx(0.55)

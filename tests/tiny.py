@@ -1,19 +1,20 @@
 """The tiny params every training test uses (each knob the stages read, shrunk), and a tiny run."""
 
 from gptpipe.data.batches import StepPlan, eval_sample, lm_examples
-from gptpipe.config import SharedConfig, TrainConfig
+from gptpipe.config import SharedConfig, LoopConfig
 from gptpipe.train.flops import ModelShape
 from gptpipe.models.gpt2 import build_scratch
 from gptpipe.train.objectives import LanguageModelling
 from gptpipe.data.tokenizer import read_arrow
-from gptpipe.train.loop import make_runtime, train
+from gptpipe.train.loop import train
+from gptpipe.train.runtime import make_runtime
 
 TINY = {
     "data": {"synthetic": {"n_train": 300, "n_test": 60, "flawed_fraction": 0.3, "max_turns": 2}},
     "tokenize": {"max_length": 128},
     "model": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 128},
     "base": {"max_steps": 12, "batch_size": 8, "micro_batch_size": 8, "warmup_steps": 2,
-             "eval_every": 6, "eval_samples": 16, "checkpoint_every": 4, "loss_on": "all", "lr": 0.01},
+             "eval_every": 6, "eval_samples": 16, "checkpoint_every": 4, "lr": 0.01, "weight_decay": 0.0},
     "train": {"max_steps": 12, "batch_size": 8, "micro_batch_size": 8, "warmup_steps": 2,
               "eval_every": 6, "eval_samples": 16, "checkpoint_every": 4, "lr": 0.01},
     "reward": {"max_steps": 12, "batch_size": 8, "micro_batch_size": 8, "warmup_steps": 2,
@@ -21,11 +22,12 @@ TINY = {
     "dpo": {"max_steps": 6, "batch_size": 8, "micro_batch_size": 8, "warmup_steps": 1,
             "eval_every": 3, "eval_samples": 16, "checkpoint_every": 4},
     "generate": {"n_prompts": 8, "max_new_tokens": 12, "batch_size": 4},
-    "scaling": {"models": ["1x16", "1x32", "1x48"], "head_dim": 16, "budgets": [3e9, 9e9], "eval_samples": 16},
+    "scaling": {"models": ["1x16", "1x32", "1x48"], "head_dim": 16, "budgets": [3e9, 9e9], "eval_samples": 16,
+                "lr": 0.01, "weight_decay": 0.0, "warmup_steps": 2},
 }
 
 
-def run_tiny(tiny_params, tokenized, tmp_path, cfg: TrainConfig, seed: int = 0):
+def run_tiny(tiny_params, tokenized, tmp_path, cfg: LoopConfig, seed: int = 0):
     data = {s: lm_examples(read_arrow(tokenized / f"{s}.arrow"), cfg.loss_on, ("chosen",)) for s in ("train", "test")}
     model = build_scratch(tiny_params.model, seed)
     state, metrics = train(

@@ -21,7 +21,8 @@ from gptpipe.train.flops import ModelShape  # noqa: E402
 from gptpipe.models.gpt2 import build_scratch  # noqa: E402
 from gptpipe.train.objectives import LanguageModelling  # noqa: E402
 from gptpipe.data.tokenizer import read_arrow  # noqa: E402
-from gptpipe.train.loop import make_runtime, train  # noqa: E402
+from gptpipe.train.loop import train  # noqa: E402
+from gptpipe.train.runtime import make_runtime  # noqa: E402
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from gptpipe.data import synthetic
 from gptpipe.config import DataConfig
 from gptpipe.errors import UserError
-from gptpipe.files import atomic_path, write_json
+from gptpipe.files import atomic_path
 from gptpipe.data.hh import DataFileError, Pair, ParseReport, parse_records, read_jsonl
 
 SPLITS = ("train", "test")
@@ -29,8 +29,9 @@ class SourceUnreachable(UserError):
     """A remote asset could not be fetched; the message names it and the offline alternative."""
 
 
-def download(cfg: DataConfig, seed: int, out_dir: Path, metrics_path: Path) -> dict[str, Any]:
-    """Read the configured source, parse, and write one parquet per split plus the metrics."""
+def parse_source(cfg: DataConfig, seed: int) -> tuple[dict[str, list[Pair]], dict[str, Any]]:
+    """Read the configured source and parse it: the pairs per split, and the metrics that say what
+    was read, kept and dropped by reason (the download stage writes both)."""
     raw, carved = read_source(cfg, seed)
     metrics: dict[str, Any] = {"source": cfg.source, "division": _division(cfg)}
     pairs_by_split = {}
@@ -43,10 +44,7 @@ def download(cfg: DataConfig, seed: int, out_dir: Path, metrics_path: Path) -> d
     if carved:
         metrics["carved"] = carved
     _refuse_empty(pairs_by_split, metrics, cfg)
-    for split, pairs in pairs_by_split.items():
-        write_pairs(pairs, out_dir / f"{split}.parquet")
-    write_json(metrics_path, metrics)
-    return metrics
+    return pairs_by_split, metrics
 
 
 def read_source(cfg: DataConfig, seed: int) -> tuple[dict[str, list[Any]], dict[str, Any] | None]:

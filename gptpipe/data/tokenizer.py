@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
 from gptpipe.config import TokenizeConfig
 from gptpipe.errors import UserError
-from gptpipe.files import atomic_path, write_json
 
 EOT = "<|endoftext|>"
 EOT_ID = 50256
@@ -128,28 +124,7 @@ def tokenize_split(table: pa.Table, cfg: TokenizeConfig) -> tuple[pa.Table, dict
     return out, counts
 
 
-def run_tokenize(raw_dir: Path, out_dir: Path, metrics_path: Path, cfg: TokenizeConfig) -> dict:
-    """data/raw/<split>.parquet → data/tokenized/<split>.arrow (one Arrow IPC file per split)."""
-    started = time.perf_counter()
-    metrics: dict[str, Any] = {"max_length": cfg.max_length}
-    tables = {}
-    for split in ("train", "test"):
-        tables[split], counts = tokenize_split(pq.read_table(raw_dir / f"{split}.parquet"), cfg)
-        t = tables[split]
-        n_tokens = sum(pc.sum(t.column(c)).as_py() or 0 for c in _LEN_COLUMNS)
-        metrics[split] = {"pairs": t.num_rows, "tokens": n_tokens, **counts}
-    seconds = time.perf_counter() - started
-    total = sum(metrics[s]["tokens"] for s in ("train", "test"))
-    metrics["tokens_per_s"] = round(total / seconds, 1)
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        for split, table in tables.items():
-            write_arrow(table, tmp / f"{split}.arrow")
-    write_json(metrics_path, metrics)
-    return metrics
-
-
-_LEN_COLUMNS = ("prompt_len", "chosen_len", "rejected_len")
+LEN_COLUMNS = ("prompt_len", "chosen_len", "rejected_len")
 
 
 def write_arrow(table: pa.Table, path: Path) -> None:
@@ -161,3 +136,8 @@ def write_arrow(table: pa.Table, path: Path) -> None:
 def read_arrow(path: Path) -> pa.Table:
     with pa.memory_map(str(path)) as source:
         return pa.ipc.open_stream(source).read_all()
+
+
+def read_splits(folder: Path) -> dict[str, pa.Table]:
+    """The train and test tables of a tokenized folder."""
+    return {split: read_arrow(folder / f"{split}.arrow") for split in ("train", "test")}

@@ -27,7 +27,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
@@ -37,12 +37,10 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from gptpipe.config import GenerateConfig, Params
+from gptpipe.config import GenerateConfig
 from gptpipe.errors import UserError
-from gptpipe.files import atomic_path, write_json
 from gptpipe.data.hh import HUMAN
-from gptpipe.models.gpt2 import load_model
-from gptpipe.data.tokenizer import EOT_ID, encode, gpt2_encoding
+from gptpipe.data.tokenizer import EOT_ID, gpt2_encoding
 
 STOP_TEXT = HUMAN.encode()  # "\n\nHuman:": the model has begun the user's next turn
 STOP_REASONS = ("eot", "human", "length")
@@ -312,37 +310,7 @@ def model_folder(name: str, models_root: Path) -> Path:
     return folder
 
 
-def run_generate(
-    params: Params, name: str, raw_dir: Path, models_root: Path, out_path: Path, metrics_path: Path,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """One model's answers: data/raw/test.parquet + models/<name> → data/generated/<name>.jsonl and
-    metrics/generate/<name>.json. Each model is its own DVC stage (a new DPO reruns only its own
-    answers); the prompts and their seeds depend on generate.seed only, so every model answers the
-    same prompts with the same random numbers."""
-    cfg = params.generate
-    folder = model_folder(name, models_root)
-    prompts = sample_prompts(raw_dir / "test.parquet", cfg.n_prompts, cfg.seed)
-    seeds = [prompt_seed(cfg.seed, p["id"]) for p in prompts]
-    sampling = Sampling.from_config(cfg)
-    model = load_model(folder).to(_device(params))
-    ids = [encode(p["prompt"]) for p in prompts]
-    result = generate(model, ids, sampling, seeds, cfg.batch_size, progress, desc=name)
-    metrics = {"model": name, "prompts": len(prompts), **asdict(sampling), "batch_size": cfg.batch_size,
-               **_model_metrics(result)}
-    with atomic_path(out_path) as tmp:
-        _write_jsonl(tmp, prompts, result.answers)
-    write_json(metrics_path, metrics)
-    return metrics
-
-
-def _device(params: Params) -> torch.device:
-    from gptpipe.train.loop import make_runtime
-
-    return make_runtime(params.shared).device
-
-
-def _model_metrics(result: Generation) -> dict[str, Any]:
+def generation_metrics(result: Generation) -> dict[str, Any]:
     n = len(result.answers)
     counts = Counter(a.stopped for a in result.answers)
     return {
@@ -353,7 +321,7 @@ def _model_metrics(result: Generation) -> dict[str, Any]:
     }
 
 
-def _write_jsonl(path: Path, prompts: list[dict[str, str]], answers: list[Answer]) -> None:
+def write_answers(path: Path, prompts: list[dict[str, str]], answers: list[Answer]) -> None:
     lines = [
         json.dumps({"id": p["id"], "prompt": p["prompt"], "response": a.text, "tokens": a.tokens,
                     "stopped": a.stopped}, ensure_ascii=False)

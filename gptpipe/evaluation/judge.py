@@ -1,4 +1,4 @@
-"""Judging generated answers with the reward model, and comparing the models.
+"""Judged answers: reading them, their summary per model, and the models side by side.
 
 judge (one DVC stage per model): every answer in data/generated/<model>.jsonl scored by the reward
 scorer (the same judge that filtered the training data) → data/judged/<model>.parquet, with the
@@ -12,47 +12,19 @@ the reward distributions and a readable markdown report with sample answers.
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from gptpipe import figures as plots
-from gptpipe.config import Params
 from gptpipe.errors import UserError
-from gptpipe.files import atomic_path, write_json
-from gptpipe.models.reward import load_scorer
-from gptpipe.data.synthetic import response_is_correct
+from gptpipe.evaluation.stats import mean_interval
 from gptpipe.tables import markdown_table
-from gptpipe.train.loop import make_runtime
 
 MODEL_ORDER = ("base", "sft", "dpo")
 SAMPLES_IN_REPORT = 5
-
-
-def run_judge(params: Params, name: str, generated: Path, reward: Path, raw_test: Path, out: Path, metrics_path: Path) -> dict:
-    """data/judged/<name>.parquet: reward (and, with ground truth, correctness) of every answer."""
-    answers = read_answers(generated)
-    runtime = make_runtime(params.shared)
-    scorer = load_scorer(reward, params.reward.score_batch_size, runtime.device, params.reward.hf_max_length)
-    frame = pd.DataFrame({
-        "id": answers["id"], "reward": scorer.score(answers["prompt"].tolist(), answers["response"].tolist(), desc=name),
-        "tokens": answers["tokens"], "stopped": answers["stopped"],
-    })
-    truth = ground_truth(raw_test)
-    if truth is not None:
-        frame["correct"] = [response_is_correct(r, truth[i]) for i, r in zip(answers["id"], answers["response"], strict=True)]
-    with atomic_path(out) as tmp:
-        frame.to_parquet(tmp, index=False)
-    metrics = {"model": name, "scorer": scorer.name, **reward_summary(frame, params.evaluate.confidence)}
-    write_json(metrics_path, metrics)
-    return metrics
 
 
 def read_answers(path: Path) -> pd.DataFrame:
@@ -82,49 +54,6 @@ def reward_summary(frame: pd.DataFrame, confidence: float) -> dict[str, Any]:
     return summary
 
 
-def mean_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
-    """The normal-approximation interval of the mean (n is 200 by default: the CLT is fine there)."""
-    n = len(values)
-    if n < 2:
-        return (float("nan"), float("nan"))
-    half = NormalDist().inv_cdf(0.5 + confidence / 2) * values.std(ddof=1) / math.sqrt(n)
-    return float(values.mean() - half), float(values.mean() + half)
-
-
-def win_rate(a: np.ndarray, b: np.ndarray) -> float:
-    """How often a's answer outscores b's on the same prompt; a tie counts half."""
-    return float(np.mean((a > b) + 0.5 * (a == b)))
-
-
-# -- evaluate: the models side by side ----------------------------------------------------------
-
-
-def run_evaluate(params: Params, judged: Path, generated: Path, scored_test: Path, raw_test: Path,
-                 metrics_path: Path, plots_dir: Path) -> dict:
-    frames = load_judged(judged, params.generate.models)
-    ids = frames[next(iter(frames))]["id"]
-    for name, frame in frames.items():
-        if frame["id"].tolist() != ids.tolist():
-            raise UserError(f"{judged}/{name}.parquet: answers other prompts than the other models; rerun generate")
-    dataset = pd.read_parquet(scored_test).set_index("id").loc[ids]
-    confidence = params.evaluate.confidence
-    rewards = {name: frame["reward"].to_numpy() for name, frame in frames.items()}
-    references = {"dataset chosen": dataset["chosen_reward"].to_numpy(), "dataset rejected": dataset["rejected_reward"].to_numpy()}
-    metrics: dict[str, Any] = {
-        "prompts": len(ids), "scorer": str(dataset["scorer"].iloc[0]), "confidence": confidence,
-        "models": {name: reward_summary(frame, confidence) for name, frame in frames.items()},
-        "reference": {name: {"mean_reward": float(v.mean()), **dict(zip(("ci_low", "ci_high"), mean_interval(v, confidence)))}
-                      for name, v in references.items()},
-        "win_rates": win_rates(rewards, references["dataset chosen"]),
-    }
-    table = summary_table(metrics)
-    plots.reward_distributions({**rewards, **references}, plots_dir / "rewards.png",
-                               f"rewards of answers to {len(ids)} test prompts ({metrics['scorer']})")
-    answers = {name: read_answers(generated / f"{name}.jsonl").set_index("id").loc[ids] for name in frames}
-    with atomic_path(plots_dir / "report.md") as tmp:
-        tmp.write_text(report_markdown(table, metrics, answers, frames, raw_test, ids))
-    write_json(metrics_path, metrics)
-    return metrics
 
 
 def load_judged(judged: Path, names) -> dict[str, pd.DataFrame]:
@@ -137,17 +66,6 @@ def load_judged(judged: Path, names) -> dict[str, pd.DataFrame]:
             raise UserError(f"{path}: missing; run the judge stage for {name} first (dvc repro judge@{name})")
         frames[name] = pd.read_parquet(path)
     return frames
-
-
-def win_rates(rewards: dict[str, np.ndarray], chosen: np.ndarray) -> dict[str, float]:
-    """Every later model against every earlier one (dpo vs sft, sft vs base, ...), and each vs the
-    dataset's chosen answer."""
-    rates = {}
-    for earlier, later in itertools.combinations(rewards, 2):
-        rates[f"{later}_vs_{earlier}"] = win_rate(rewards[later], rewards[earlier])
-    for name, values in rewards.items():
-        rates[f"{name}_vs_dataset_chosen"] = win_rate(values, chosen)
-    return rates
 
 
 def summary_table(metrics: dict[str, Any]) -> pd.DataFrame:

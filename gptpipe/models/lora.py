@@ -19,8 +19,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
+from gptpipe.config import LoraConfig
 from gptpipe.files import atomic_path
 
 # Suffixes of the projections in a GPT-2 block. c_attn is the fused q, k, v projection (d -> 3d): one
@@ -232,3 +234,25 @@ def _check_model_matches(model: nn.Module, *, rank: int, alpha: float, targets: 
     # On a LoRA model a target still names the wrapper ("...attn.c_attn"), never its ".base".
     if sorted(_matching_names(model, targets)) != sorted(wrapped):
         raise ValueError(f"save_adapter: targets={list(targets)} are not those the model was built with")
+
+
+# -- from config: how the stages add and save adapters ------------------------------------------
+
+
+def add_lora(model: PreTrainedModel, lora: LoraConfig, seed: int) -> None:
+    """In place: LoRA adapters as the config says (none at rank 0), A drawn from `seed` so a
+    rerun, or a resumed run, starts from the same adapters."""
+    if lora.rank:
+        torch.manual_seed(seed)
+        apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, targets=lora.targets)
+
+
+def save_finetuned(model: PreTrainedModel, out: Path, lora: LoraConfig | None) -> None:
+    """save_pretrained weights (LoRA merged in, so plain transformers loads them) and, for LoRA,
+    the adapter alone in out/adapter; all in a temp folder renamed at the end."""
+    with atomic_path(out) as tmp:
+        if lora is not None and lora.rank:
+            save_adapter(model, tmp / "adapter", rank=lora.rank, alpha=lora.alpha,
+                         dropout=lora.dropout, targets=lora.targets)
+            model = merge_lora(model)
+        model.save_pretrained(tmp)

@@ -16,14 +16,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 from transformers import (
     AutoModelForSequenceClassification,
@@ -32,7 +30,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from gptpipe.data.batches import LMExample, PairBatch, collate, collate_pairs
+from gptpipe.data.batches import LMExample, collate
 from gptpipe.errors import UserError
 from gptpipe.files import atomic_path
 from gptpipe.data.tokenizer import EOT_ID, encode
@@ -67,30 +65,6 @@ def sequence_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_
     last = attention_mask.sum(dim=1) - 1
     picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     return model.score(picked).squeeze(-1).float()
-
-
-class BradleyTerry(nn.Module):
-    """−log σ(r(chosen) − r(rejected)) summed over pairs; stats: correctly ordered pairs, margins."""
-
-    def __init__(self, model: PreTrainedModel):
-        super().__init__()
-        self.model = model
-
-    @staticmethod
-    def collate(examples) -> PairBatch:
-        # A scalar head, not the 50,257-way LM head: no head positions in the FLOP count.
-        return replace(collate_pairs(examples), response_tokens=0)
-
-    def forward(self, batch: PairBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        rewards = sequence_rewards(self.model, batch.input_ids, batch.attention_mask)
-        chosen, rejected = rewards[: batch.n_pairs], rewards[batch.n_pairs :]
-        margin = chosen - rejected
-        return bradley_terry_loss(chosen, rejected), {"accuracy": (margin > 0).sum().detach(), "margin": margin.sum().detach()}
-
-
-def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
-    """Σ −log σ(r_chosen − r_rejected) over pairs (logsigmoid: no overflow for large margins)."""
-    return -F.logsigmoid(chosen - rejected).sum()
 
 
 def save_reward_model(model: PreTrainedModel, out: Path, record: dict[str, Any], tokenizer=None) -> None:

@@ -44,6 +44,12 @@ KAPLAN_N_OPT_EXPONENT = 0.73
 # Chinchilla's compute-optimal models see about 20 training tokens per parameter (Hoffmann et
 # al. 2022, Table 3); runs far below it are data-starved, and there the smallest size wins.
 CHINCHILLA_TOKENS_PER_PARAM = 20
+# A fitted quantity whose size against its data's is below this is zero up to rounding, and its sign
+# must not decide anything: a profile straight in ln N fits a curvature of about ±4e-16, whose sign
+# depends on the BLAS build. Rounding leaves at most ~1e-12 (measured over 50,000 random straight
+# profiles: 3 to 11 sizes, ln N spans of 0.01 to 30 at ln N 3 to 28, slopes 1e-6 to 10); any
+# curvature a loss measured to 6 digits can show is far above it.
+FLAT_TOLERANCE = 1e-9
 
 
 class ScalingInputError(UserError, ValueError):
@@ -115,13 +121,18 @@ def fit_isoflop(n_params: Sequence[int], losses: Sequence[float]) -> dict[str, A
 
     The vertex N_opt = exp(-b / 2a) is the size that loss is lowest at for this budget. It exists
     only if the parabola opens upward (a > 0); ``inside`` says whether it lies within the sizes
-    run, since a vertex outside them is an extrapolation the data does not pin down.
+    run, since a vertex outside them is an extrapolation the data does not pin down. A curvature
+    that is zero up to rounding (``is_flat``) counts as none, whatever its sign.
     """
     log_n, loss = _fit_inputs(n_params, losses)
     a, b, c = (float(v) for v in np.polyfit(log_n, loss, 2))
-    if a <= 0:
+    if is_flat(a, log_n, loss):
         return {"a": a, "b": b, "c": c, "n_opt": None, "loss_opt": None, "curvature_ok": False,
-                "inside": False, "reason": f"no minimum: the fitted parabola opens downward (a={a:.3g} <= 0)"}
+                "inside": False, "reason": f"no minimum: the profile is straight in ln N (no curvature; "
+                                           f"the fitted a={a:.3g} is zero up to rounding)"}
+    if a < 0:
+        return {"a": a, "b": b, "c": c, "n_opt": None, "loss_opt": None, "curvature_ok": False,
+                "inside": False, "reason": f"no minimum: the fitted parabola opens downward (a={a:.3g} < 0)"}
     log_n_opt = -b / (2 * a)
     # A nearly straight profile (a ~ 0) puts the vertex absurdly far out: exp() over- or underflows.
     if not math.log(np.finfo(float).tiny) < log_n_opt < math.log(np.finfo(float).max):
@@ -136,6 +147,14 @@ def fit_isoflop(n_params: Sequence[int], losses: Sequence[float]) -> dict[str, A
         "inside": bool(log_n.min() <= log_n_opt <= log_n.max()),
         "reason": None,
     }
+
+
+def is_flat(a: float, log_n: np.ndarray, loss: np.ndarray) -> bool:
+    """Whether curvature a bends the profile, over the sizes run (a * (ln N range)^2), by no more
+    than FLAT_TOLERANCE of the loss range (or of the losses themselves, where the range is smaller:
+    rounding is relative to the values, and a range near it certifies no curvature)."""
+    bend = abs(a) * float(np.ptp(log_n)) ** 2
+    return bend <= FLAT_TOLERANCE * max(float(np.ptp(loss)), float(np.abs(loss).max()))
 
 
 def _fit_inputs(n_params: Sequence[int], losses: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -161,10 +180,13 @@ def fit_power_law(x: Sequence[float], y: Sequence[float]) -> dict[str, float | N
     exponent, log_k = (float(v) for v in np.polyfit(log_x, log_y, 1))
     residual = log_y - (exponent * log_x + log_k)
     spread = float(np.sum((log_y - log_y.mean()) ** 2))
+    # Constant y (up to rounding: its mean is rounded, so the spread may be 1e-32 rather than 0) is
+    # fitted exactly by exponent 0; call that a perfect fit rather than rounding over rounding.
+    constant = float(np.ptp(log_y)) <= FLAT_TOLERANCE * max(1.0, float(np.abs(log_y).max()))
     if len(np.unique(log_x)) < 3:
         r2 = None
-    else:  # constant y is fitted exactly by exponent 0; call that a perfect fit rather than 0/0
-        r2 = 1.0 - float(np.sum(residual**2)) / spread if spread > 0 else 1.0
+    else:
+        r2 = 1.0 if constant else 1.0 - float(np.sum(residual**2)) / spread
     return {"exponent": exponent, "coefficient": math.exp(log_k), "r2": r2}
 
 

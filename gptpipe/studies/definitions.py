@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from gptpipe import figures as plots
+from gptpipe.config import load_params
 from gptpipe.train.optim import DEFAULT_LR, STATE_COPIES
 from gptpipe.studies.runner import Point, Result, collect, recorded_baseline, run_points, write_record, write_table
 
@@ -26,6 +27,12 @@ MIB = 2**20
 
 OPTIMIZER_ORDER = ("sgd", "momentum", "nesterov", "adam", "adamw", "galore")
 LORA_RANKS = (1, 2, 4, 8, 16, 32)
+# Study learning rates: every point sets train.lr (-S), replacing params.yaml's whatever it says.
+# They suit the embedded default (a 2x128 GPT-2 pretrained here, train.lr null), where full
+# fine-tuning and each optimizer family get what a plain run would (optim.DEFAULT_LR; 1e-3 for
+# AdamW) and LoRA ranks LORA_LR. On hub GPT-2 (the full preset, train.lr 1e-5) they are ~100x
+# too large for full fine-tuning and the optimizer study.
+# TODO: derive them from params.yaml's train.lr (and a LoRA ratio) once a study runs on the full preset.
 # LoRA's adapters start at zero and see only a low-rank slice of the gradient: on the default
 # shape they need a larger step than full fine-tuning's 1e-3 to move in the same number of steps.
 LORA_LR = 5e-3
@@ -42,13 +49,15 @@ class Study:
 
 
 def optimizer_points() -> list[Point]:
-    # Each family at its own tuned default lr (optim.DEFAULT_LR), stated in the table.
+    # Each family at its own tuned default lr (optim.DEFAULT_LR), stated in the table; it replaces
+    # params.yaml's train.lr (see the note above LORA_LR).
     return [Point(name, {"train.optimizer": name, "train.lr": DEFAULT_LR[name]}) for name in OPTIMIZER_ORDER]
 
 
 def lora_points() -> list[Point]:
-    points = [Point(f"r{r}", {"lora.rank": r, "train.lr": LORA_LR}) for r in LORA_RANKS]
-    return points + [Point("full", {"lora.rank": 0, "train.lr": DEFAULT_LR["adamw"]})]
+    # The lrs replace params.yaml's train.lr (see the note above LORA_LR).
+    points = [Point(f"r{r}", {"train.lora.rank": r, "train.lr": LORA_LR}) for r in LORA_RANKS]
+    return points + [Point("full", {"train.lora.rank": 0, "train.lr": DEFAULT_LR["adamw"]})]
 
 
 def target_loss(results: list[Result]) -> float:
@@ -127,7 +136,7 @@ def optimizer_notes(results: list[Result]) -> list[str]:
 def lora_notes(results: list[Result]) -> list[str]:
     return [
         f"LoRA ranks ran at lr {LORA_LR}, full fine-tuning at {DEFAULT_LR['adamw']} (AdamW); "
-        "alpha and targets as in params.yaml (lora.*).",
+        "alpha and targets as in params.yaml (train.lora.*).",
         "Only LoRA parameters get gradients and optimizer state: grads and state scale with the rank.",
         _regime(results),
     ]
@@ -174,7 +183,7 @@ def data_quality_table(results: list[Result]) -> pd.DataFrame:
             "epochs": sft.get("epochs"),
             "train_loss": sft["train_loss"],
             "test_loss": sft["test_loss"],
-            "test_loss_sound": sft.get("test_sound_loss"),
+            "test_sound_loss": sft.get("test_sound_loss"),
             "sft_reward": judge.get("mean_reward"),
             "reward_ci": _interval(judge),
             "exact_answer_accuracy": judge.get("exact_answer_accuracy"),
@@ -183,8 +192,7 @@ def data_quality_table(results: list[Result]) -> pd.DataFrame:
 
 
 def data_quality_notes(results: list[Result]) -> list[str]:
-    params = results[0].params
-    train = params.get("train", {})
+    train = results[0].params.get("train", {})  # raw, as recorded: see _regime
     return [
         "Every row fine-tunes the same base for the same steps "
         f"({train.get('max_steps')} × {train.get('batch_size')} sequences): a smaller subset is seen "
@@ -198,7 +206,7 @@ def data_quality_notes(results: list[Result]) -> list[str]:
         "whose chosen response is flawed by the synthetic ground truth.",
         "test_loss is measured on the test split's chosen responses, flawed ones included: a model "
         "trained on sound answers only may score a worse loss on them while answering better. "
-        "test_loss_sound: the same loss on the test pairs whose chosen response is sound (synthetic "
+        "test_sound_loss: the same loss on the test pairs whose chosen response is sound (synthetic "
         "ground truth; blank on HH), the answers a model should learn to give.",
         _regime(results),
     ]
@@ -219,10 +227,7 @@ JUDGED_ANSWERS = "data/generated/sft.jsonl"
 
 
 def scaling_points() -> list[Point]:
-    import yaml
-
-    model = (yaml.safe_load(Path("params.yaml").read_text()) or {}).get("model", {})
-    if model.get("init") == "pretrained":
+    if load_params("params.yaml").model.init == "pretrained":
         return [Point(name, {"model.name": name}) for name in HUB_SIZES]
     return [Point(f"{layers}x{width}", {"model.n_layer": layers, "model.n_embd": width, "model.n_head": heads})
             for layers, width, heads in SCRATCH_SIZES]
@@ -257,7 +262,9 @@ def _workspace_judge():
 
     if not Path("models/reward").is_dir():
         return None
-    return load_scorer(Path("models/reward"), batch_size=32, device=torch.device("cpu"))
+    score = load_params("params.yaml").score  # as the judge stage scores
+    return load_scorer(Path("models/reward"), batch_size=score.batch_size, device=torch.device("cpu"),
+                       max_length=score.hf_max_length)
 
 
 def _rejudge(judge, experiment: str) -> float:
@@ -324,6 +331,9 @@ def _peak(mem: dict) -> dict[str, float]:
 
 
 def _regime(results: list[Result]) -> str:
+    # An experiment's params as `dvc exp show` recorded them, read raw rather than through
+    # parse_params: `--report` may recompile experiments of an older baseline whose params.yaml has
+    # another layout (as gptpipe.report.inputs reads older revisions). The keys read here are in both.
     params = results[0].params
     model = params.get("model", {})
     data = params.get("data", {})

@@ -39,13 +39,14 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 
 from gptpipe.train import flops
 from gptpipe.data.batches import IGNORE, LMExample, StepPlan, collate, eval_sample, lm_examples
-from gptpipe.config import Params, TrainConfig
+from gptpipe.config import Params, LoopConfig
 from gptpipe.errors import UserError
 from gptpipe.models.gpt2 import build_scratch
 from gptpipe.train.objectives import LanguageModelling
 from gptpipe.train.optim import learning_rate
 from gptpipe.data.tokenizer import EOT_ID, read_arrow
-from gptpipe.train.loop import Runtime, make_runtime, train
+from gptpipe.train.loop import train
+from gptpipe.train.runtime import Runtime, make_runtime
 
 # Untimed steps first: the first steps allocate the optimizer state, grow the allocator's pools and
 # (in HF) take the longest batch, which LengthGroupedSampler puts first on purpose.
@@ -256,7 +257,7 @@ class ReplayPlan(StepPlan):
     """A StepPlan that hands train() given steps (HF's, so both sides train on identical batches)
     and notes when each step starts: train() asks for a step's batches first thing in the step."""
 
-    def __init__(self, steps: Sequence[list[list[LMExample]]], cfg: TrainConfig, seed: int, device: torch.device):
+    def __init__(self, steps: Sequence[list[list[LMExample]]], cfg: LoopConfig, seed: int, device: torch.device):
         super().__init__(flatten(steps), cfg.batch_size, cfg.micro_batch_size, seed)
         self.replayed = list(steps)
         self.device = device
@@ -274,7 +275,7 @@ def flatten(steps: Sequence[list[list[LMExample]]]) -> list[LMExample]:
     return [e for step in steps for micro in step for e in micro]
 
 
-def bench_config(cfg: TrainConfig, max_steps: int) -> TrainConfig:
+def bench_config(cfg: LoopConfig, max_steps: int) -> LoopConfig:
     """The SFT config for a short run: no mid-run evaluation or checkpoint; warmup fitted into it."""
     update = {
         "max_steps": max_steps,
@@ -282,7 +283,7 @@ def bench_config(cfg: TrainConfig, max_steps: int) -> TrainConfig:
         "eval_every": NEVER,
         "checkpoint_every": NEVER,
     }
-    return TrainConfig.model_validate({**cfg.model_dump(), **update})  # model_copy would not validate
+    return type(cfg).model_validate({**cfg.model_dump(), **update})  # model_copy would not validate
 
 
 def run_gptpipe(
@@ -317,7 +318,7 @@ class StepEnds(TrainerCallback):
         self.ends.append(_now(self.device))
 
 
-def trainer_args(cfg: TrainConfig, seed: int, out: str, runtime: Runtime) -> TrainingArguments:
+def trainer_args(cfg: LoopConfig, seed: int, out: str, runtime: Runtime) -> TrainingArguments:
     # The schedule is gptpipe's: linear warmup, then cosine to lr * min_lr_ratio (HF's warmup ramp
     # starts at 0 where gptpipe's starts at lr/warmup: one step apart, no effect on speed).
     return TrainingArguments(

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,17 +30,12 @@ from torch import nn
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from gptpipe.data.batches import PairBatch, PairExample, StepPlan, collate_pairs, eval_sample, pair_examples
-from gptpipe.config import DpoConfig, Params
-from gptpipe.errors import UserError
-from gptpipe.files import write_json, write_tsv
+from gptpipe.data.batches import PairBatch, PairExample, StepPlan, collate_pairs
+from gptpipe.config import DpoConfig
 from gptpipe.train.flops import ModelShape, count_params
-from gptpipe.train.language_model import CHECKPOINT_DIR, add_lora, read_tables, run_key, save_finetuned
 from gptpipe.models.lora import LoRALinear, adapters_disabled
-from gptpipe.models.gpt2 import load_model
 from gptpipe.train.objectives import response_logprobs
-from gptpipe.figures import dpo_curves
-from gptpipe.train.loop import Runtime, autocast, make_runtime, train
+from gptpipe.train.runtime import Runtime, autocast
 
 LOSSES = ("sigmoid", "ipo")
 REFERENCES = ("cached", "live")
@@ -239,48 +232,7 @@ def _with_ref(example: PairExample, ref: tuple[float, float]) -> PairExample:
 # -- the stage --------------------------------------------------------------------------------------
 
 
-def run_dpo(params: Params, tokenized: Path, sft: Path, out: Path, metrics_path: Path, plots_dir: Path) -> dict:
-    """models/dpo: models/sft trained with DPO on the train pairs (params.dpo)."""
-    cfg, seed = params.dpo, params.shared.seed
-    runtime = make_runtime(params.shared)
-    model = _load_sft(sft)
-    _check_tokenized(tokenized)
-    data = {name: pair_examples(table) for name, table in read_tables(tokenized).items()}
-    plan = StepPlan(data["train"], cfg.batch_size, cfg.micro_batch_size, seed)
-    eval_sets = {name: eval_sample(examples, cfg.eval_samples, seed) for name, examples in data.items()}
-    started = time.perf_counter()
-    if cfg.reference == "cached":  # computed before LoRA: adapters at B = 0 would change nothing
-        plan, eval_sets = cache_reference(model, plan, eval_sets, cfg.max_steps, cfg.micro_batch_size, runtime)
-    reference_seconds = time.perf_counter() - started
-    add_lora(model, cfg.lora, seed)
-    inputs = [tokenized / "train.arrow", tokenized / "test.arrow", *sorted(sft.glob("*.safetensors"))]
-    shape = ModelShape.from_config(model.config)
-    state, trained = train(
-        DirectPreference.from_config(model, cfg), plan, eval_sets, cfg, runtime, seed=seed,
-        checkpoint=CHECKPOINT_DIR / f"dpo-{run_key('dpo', params, inputs)}.pt", shape=shape, desc="dpo",
-    )
-    metrics = _metrics(cfg, state.rows, trained, shape, plan, reference_seconds)
-    if runtime.is_main:
-        save_finetuned(model, out, cfg.lora if cfg.lora.rank else None)
-        write_tsv(plots_dir / "loss.tsv", state.rows)
-        dpo_curves(state.rows, plots_dir / "curves.png", _title(cfg))
-        write_json(metrics_path, metrics)
-    return metrics
-
-
-def _load_sft(sft: Path) -> PreTrainedModel:
-    if not (sft / "config.json").is_file():
-        raise UserError(f"{sft}: holds no SFT model; run the sft stage first (dvc repro sft)")
-    return load_model(sft)
-
-
-def _check_tokenized(tokenized: Path) -> None:
-    for split in ("train", "test"):
-        if not (tokenized / f"{split}.arrow").is_file():
-            raise UserError(f"{tokenized}/{split}.arrow: missing; run the tokenize stage first (dvc repro tokenize)")
-
-
-def _metrics(
+def dpo_metrics(
     cfg: DpoConfig, rows: list[dict[str, Any]], trained: dict[str, Any], shape: ModelShape, plan: StepPlan,
     reference_seconds: float,
 ) -> dict[str, Any]:
@@ -304,6 +256,6 @@ def _metrics(
     return metrics
 
 
-def _title(cfg: DpoConfig) -> str:
+def curves_title(cfg: DpoConfig) -> str:
     lora = f", LoRA r={cfg.lora.rank}" if cfg.lora.rank else ""
     return f"dpo: {cfg.loss}, β={cfg.beta:g}, {cfg.reference} reference{lora}"

@@ -33,6 +33,10 @@ class GaLoreAdamW(torch.optim.Optimizer):
 
     Other parameters (vectors, small matrices) get plain AdamW state. Every hyperparameter may be
     set per param group, as in torch optimizers (e.g. rank=10**9 on a group keeps it full-rank).
+
+    rank, update_every and scale (the paper's r, T and alpha) have no defaults here: theirs live in
+    gptpipe.config.LoopConfig (galore_rank, galore_update_every, galore_scale), which
+    optim.build_optimizer passes on, so a second, different default cannot creep in.
     """
 
     def __init__(
@@ -43,9 +47,9 @@ class GaLoreAdamW(torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         *,
-        rank: int = 32,
-        update_every: int = 200,
-        scale: float = 0.25,
+        rank: int,
+        update_every: int,
+        scale: float,
     ) -> None:
         defaults = dict(
             lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,

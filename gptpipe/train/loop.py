@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import random
 import resource
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,31 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
 from gptpipe.train import flops
 from gptpipe.data.batches import StepPlan
-from gptpipe.config import SharedConfig, TrainConfig
-from gptpipe.files import atomic_path
+from gptpipe.config import LoopConfig
+from gptpipe.train.runtime import Runtime, autocast
+from gptpipe.train.checkpoint import load_checkpoint, save_checkpoint
 from gptpipe.train.optim import build_optimizer, learning_rate, memory_split, theoretical_state_bytes
-
-
-@dataclass
-class Runtime:
-    """Where and how a run executes: device, autocast, compile, and its DDP rank."""
-
-    device: torch.device
-    autocast_dtype: torch.dtype | None
-    compile: bool
-    peak_flops: float
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 @dataclass
@@ -56,28 +37,11 @@ class RunState:
     rows: list[dict[str, Any]] = field(default_factory=list)  # one per evaluation
 
 
-def make_runtime(shared: SharedConfig) -> Runtime:
-    """Resolve device, dtype and DDP; under torchrun each process joins the group here."""
-    if shared.device == "auto":
-        device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        device_type = shared.device
-    if device_type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("shared.device: cuda is not available here; use cpu or auto")
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    device = torch.device(device_type, int(os.environ.get("LOCAL_RANK", 0))) if device_type == "cuda" else torch.device("cpu")
-    peak = shared.peak_flops or flops.default_peak_flops(device_type, shared.dtype)
-    autocast = torch.bfloat16 if shared.dtype == "bfloat16" else None
-    return Runtime(device, autocast, shared.compile, peak, rank, world_size)
-
-
 def train(
     objective: nn.Module,
     plan: StepPlan,
     eval_sets: dict[str, Sequence],
-    cfg: TrainConfig,
+    cfg: LoopConfig,
     runtime: Runtime,
     *,
     seed: int,
@@ -144,7 +108,7 @@ def train(
     return state, metrics
 
 
-def scheduled_lr(cfg: TrainConfig, step: int) -> float:
+def scheduled_lr(cfg: LoopConfig, step: int) -> float:
     """Linear warmup, then cosine decay to lr * min_lr_ratio at max_steps."""
     peak = learning_rate(cfg)
     if step < cfg.warmup_steps:
@@ -155,7 +119,7 @@ def scheduled_lr(cfg: TrainConfig, step: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(objective: nn.Module, examples: Sequence, cfg: TrainConfig, runtime: Runtime) -> dict[str, float]:
+def evaluate(objective: nn.Module, examples: Sequence, cfg: LoopConfig, runtime: Runtime) -> dict[str, float]:
     """Mean loss (per counted token, or per pair) and the objective's stats over a fixed sample."""
     was_training = objective.training
     objective.eval()
@@ -172,43 +136,14 @@ def evaluate(objective: nn.Module, examples: Sequence, cfg: TrainConfig, runtime
     return {key: total / weight for key, total in sums.items()}
 
 
-def estimate_loss(objective: nn.Module, examples: Sequence, cfg: TrainConfig, runtime: Runtime) -> float:
+def estimate_loss(objective: nn.Module, examples: Sequence, cfg: LoopConfig, runtime: Runtime) -> float:
     return evaluate(objective, examples, cfg, runtime)["loss"]
-
-
-# -- checkpoints: model, optimizer, step, RNG and the log so far; temp file, then rename --------
-
-
-def save_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Optimizer, state: RunState) -> None:
-    payload = {
-        "objective": objective.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "state": state,
-        "torch_rng": torch.get_rng_state(),
-        "python_rng": random.getstate(),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Optimizer, state: RunState) -> bool:
-    """Resume from `path` if it exists (its name carries the hash of params and inputs)."""
-    if not path.exists():
-        return False
-    payload = torch.load(path, weights_only=False)
-    objective.load_state_dict(payload["objective"])
-    optimizer.load_state_dict(payload["optimizer"])
-    vars(state).update(vars(payload["state"]))
-    torch.set_rng_state(payload["torch_rng"])
-    random.setstate(payload["python_rng"])
-    tqdm.write(f"resuming from {path} at step {state.step}", file=sys.stderr)
-    return True
 
 
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _check_divisible(cfg: TrainConfig, runtime: Runtime) -> None:
+def _check_divisible(cfg: LoopConfig, runtime: Runtime) -> None:
     if cfg.grad_accum_steps % runtime.world_size:
         raise ValueError(
             f"batch_size/micro_batch_size = {cfg.grad_accum_steps} micro-batches per step cannot "
@@ -231,12 +166,6 @@ def _no_sync(net: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
     if sync or not isinstance(inner, nn.parallel.DistributedDataParallel):
         return contextlib.nullcontext()
     return inner.no_sync()
-
-
-def autocast(runtime: Runtime) -> contextlib.AbstractContextManager:
-    if runtime.autocast_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(runtime.device.type, dtype=runtime.autocast_dtype)
 
 
 def _clip(objective: nn.Module, max_norm: float) -> float:
@@ -278,7 +207,7 @@ class _Timer:
 
 def _summary(
     state: RunState,
-    cfg: TrainConfig,
+    cfg: LoopConfig,
     objective: nn.Module,
     optimizer: torch.optim.Optimizer,
     memory: dict[str, int],
@@ -303,7 +232,7 @@ def _summary(
     }
 
 
-def _memory_report(memory: dict[str, int], cfg: TrainConfig, objective: nn.Module, runtime: Runtime) -> dict[str, int]:
+def _memory_report(memory: dict[str, int], cfg: LoopConfig, objective: nn.Module, runtime: Runtime) -> dict[str, int]:
     """Measured tensor bytes beside the theory; the rest is peak process memory minus tensors."""
     if runtime.device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(runtime.device)

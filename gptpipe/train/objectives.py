@@ -16,7 +16,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
-from gptpipe.data.batches import IGNORE, Batch, collate
+from dataclasses import replace
+
+from gptpipe.data.batches import IGNORE, Batch, PairBatch, collate, collate_pairs
+from gptpipe.models.reward import sequence_rewards
 from gptpipe.train.lm_head import CHUNK_ROWS, linear_cross_entropy
 
 
@@ -78,3 +81,29 @@ def response_logprobs(model: PreTrainedModel, batch) -> torch.Tensor:
 def _token_logprobs(h: torch.Tensor, t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     logits = F.linear(h, weight, bias).float()
     return -F.cross_entropy(logits, t, reduction="none")
+
+
+class BradleyTerry(nn.Module):
+    """−log σ(r(chosen) − r(rejected)) summed over pairs; stats: correctly ordered pairs, margins."""
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.model = model
+
+    @staticmethod
+    def collate(examples) -> PairBatch:
+        # A scalar head, not the 50,257-way LM head: no head positions in the FLOP count.
+        return replace(collate_pairs(examples), response_tokens=0)
+
+    def forward(self, batch: PairBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rewards = sequence_rewards(self.model, batch.input_ids, batch.attention_mask)
+        chosen, rejected = rewards[: batch.n_pairs], rewards[batch.n_pairs :]
+        margin = chosen - rejected
+        # A tie counts half, as in DPO's accuracy and the AUC: it orders the pair neither way.
+        accuracy = (margin > 0).sum() + 0.5 * (margin == 0).sum()
+        return bradley_terry_loss(chosen, rejected), {"accuracy": accuracy.detach(), "margin": margin.sum().detach()}
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Σ −log σ(r_chosen − r_rejected) over pairs (logsigmoid: no overflow for large margins)."""
+    return -F.logsigmoid(chosen - rejected).sum()

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from gptpipe.config import TrainConfig
+from gptpipe.config import LoopConfig
 
 # Learning rates per family when train.lr is null. Adam-family steps are normalised per coordinate,
 # so ~1e-3 suits small GPT-2s; plain SGD steps scale with the raw gradient, whose norm here is far
@@ -21,11 +21,11 @@ DEFAULT_LR = {"sgd": 0.5, "momentum": 0.05, "nesterov": 0.05, "adam": 1e-3, "ada
 STATE_COPIES = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2, "adamw": 2}
 
 
-def learning_rate(cfg: TrainConfig) -> float:
+def learning_rate(cfg: LoopConfig) -> float:
     return cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
 
 
-def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(params: Iterable[nn.Parameter], cfg: LoopConfig) -> torch.optim.Optimizer:
     """Weight decay on matrices only (as nanoGPT): decaying biases and LayerNorm gains only hurts."""
     trainable = [p for p in params if p.requires_grad]
     groups = [
@@ -73,7 +73,7 @@ def memory_split(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str
     }
 
 
-def theoretical_state_bytes(cfg: TrainConfig, trainable: Iterable[nn.Parameter], bytes_per_value: int = 4) -> int:
+def theoretical_state_bytes(cfg: LoopConfig, trainable: Iterable[nn.Parameter], bytes_per_value: int = 4) -> int:
     """What the optimizer must keep: 0, 1 or 2 copies of the trainable parameters (fp32), or for
     GaLore a projector and two rank-r moments per large matrix (gptpipe.train.galore).
 

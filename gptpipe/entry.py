@@ -1,0 +1,37 @@
+"""A stage's command line: the paths dvc.yaml's `cmd` passes, as keyword flags.
+
+`run_stage(main)` builds the flags from main's signature (`tokenized: Path` is `--tokenized PATH`;
+underscores become dashes), calls it, and turns a UserError into one line and exit status 1. So
+dvc.yaml is the one place that names a stage's files, and a stage's signature says what it touches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from gptpipe.errors import run_or_exit
+
+
+def stage_arguments(main: Callable[..., object], argv: Sequence[str]) -> dict[str, object]:
+    """Parse argv against main's keyword parameters; every parameter without a default is required."""
+    module = inspect.getmodule(main)
+    spec = getattr(module, "__spec__", None)  # run with -m, the module is __main__ but its spec has the name
+    name = spec.name if spec else main.__module__
+    parser = argparse.ArgumentParser(prog=f"python -m {name}", description=inspect.getdoc(module))
+    for name, parameter in inspect.signature(main).parameters.items():
+        kind = Path if parameter.annotation in (Path, "Path") else str
+        required = parameter.default is inspect.Parameter.empty
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, type=kind, required=required,
+            default=None if required else parameter.default, metavar=name.upper(),
+        )
+    return vars(parser.parse_args(list(argv)))
+
+
+def run_stage(main: Callable[..., object], argv: Sequence[str] | None = None) -> None:
+    arguments = stage_arguments(main, sys.argv[1:] if argv is None else argv)
+    run_or_exit(lambda: main(**arguments))

@@ -1,0 +1,34 @@
+"""Intervals and win rates: how sure a mean is, and how often one model's answer beats another's."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from statistics import NormalDist
+
+import numpy as np
+
+
+def mean_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    """The normal-approximation interval of the mean (n is 200 by default: the CLT is fine there)."""
+    n = len(values)
+    if n < 2:
+        return (float("nan"), float("nan"))
+    half = NormalDist().inv_cdf(0.5 + confidence / 2) * values.std(ddof=1) / math.sqrt(n)
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def win_rate(a: np.ndarray, b: np.ndarray) -> float:
+    """How often a's answer outscores b's on the same prompt; a tie counts half."""
+    return float(np.mean((a > b) + 0.5 * (a == b)))
+
+
+def win_rates(rewards: dict[str, np.ndarray], chosen: np.ndarray) -> dict[str, float]:
+    """Every later model against every earlier one (dpo vs sft, sft vs base, ...), and each vs the
+    dataset's chosen answer."""
+    rates = {}
+    for earlier, later in itertools.combinations(rewards, 2):
+        rates[f"{later}_vs_{earlier}"] = win_rate(rewards[later], rewards[earlier])
+    for name, values in rewards.items():
+        rates[f"{name}_vs_dataset_chosen"] = win_rate(values, chosen)
+    return rates

@@ -1,0 +1,71 @@
+"""Resumable checkpoints: model, optimizer, step, RNG states and the log so far.
+
+A checkpoint lives outside DVC's outputs (DVC-NOTES 19) under a name that carries `run_key`: a hash
+of the stage, its config sections, its input files, the library's code and the torch version, so a
+checkpoint of other params, other data or other code is never resumed. It is written to a temp file
+and renamed, and loaded with `weights_only=True`: plain tensors and containers only, never code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+from torch import nn
+from tqdm import tqdm
+
+from gptpipe.files import atomic_path
+
+LIBRARY = Path(__file__).resolve().parents[1]  # the gptpipe package: its code is part of the key
+
+
+def run_key(stage: str, configs: Sequence[BaseModel], inputs: Sequence[Path]) -> str:
+    """A hash of what determines a run: a checkpoint of other params, inputs or code is never resumed."""
+    digest = hashlib.sha256(stage.encode())
+    for cfg in configs:
+        digest.update(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode())
+    for path in inputs:
+        digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    for source in sorted(LIBRARY.rglob("*.py")):
+        digest.update(source.read_bytes())
+    digest.update(torch.__version__.encode())
+    return digest.hexdigest()[:16]
+
+
+def save_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Optimizer, state: Any) -> None:
+    payload = {
+        "objective": objective.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "state": dict(vars(state)),
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": random.getstate(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Optimizer, state: Any) -> bool:
+    """Resume from `path` if it exists (its name carries the run key)."""
+    if not path.exists():
+        return False
+    payload = torch.load(path, weights_only=True)
+    objective.load_state_dict(payload["objective"])
+    optimizer.load_state_dict(payload["optimizer"])
+    vars(state).update(payload["state"])
+    torch.set_rng_state(payload["torch_rng"])
+    random.setstate(_as_rng_state(payload["python_rng"]))
+    tqdm.write(f"resuming from {path} at step {state.step}", file=sys.stderr)
+    return True
+
+
+def _as_rng_state(saved: Any) -> tuple:
+    # random.setstate wants tuples; a weights-only load may hand back lists.
+    version, internal, gauss = saved
+    return (version, tuple(internal), gauss)
