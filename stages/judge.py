@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from gptpipe.config import EvaluateConfig, ScoreConfig, load_params
-from gptpipe.data.synthetic import response_is_correct
+from gptpipe.data.answer_check import response_is_correct
 from gptpipe.entry import run_stage
 from gptpipe.evaluation.judge import ground_truth, read_answers, reward_summary
 from gptpipe.files import atomic_path, write_json

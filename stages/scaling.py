@@ -12,7 +12,8 @@ from gptpipe.data.tokenizer import read_splits
 from gptpipe.entry import run_stage
 from gptpipe.files import write_json
 from gptpipe.models.gpt2 import build_scratch, load_pretrained
-from gptpipe.scaling.fit import plan_runs, write_scaling_report
+from gptpipe.scaling.fit import plan_runs
+from gptpipe.scaling.summary import write_scaling_report
 from gptpipe.scaling.runs import run_config, scaling_shape, scratch_config
 from gptpipe.train.checkpoint import run_key
 from gptpipe.train.loop import train

@@ -28,7 +28,7 @@ from gptpipe.report.format import fmt
 from gptpipe.report.markdown import markdown_html
 from gptpipe.report.metrics import ScalingMetrics, from_json
 from gptpipe.report.page import build_report
-from gptpipe.scaling.fit import write_scaling_report
+from gptpipe.scaling.summary import write_scaling_report
 from gptpipe.studies.runner import write_record, write_table
 
 MIB = 2**20

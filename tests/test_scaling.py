@@ -15,13 +15,13 @@ import pandas as pd
 import pytest
 
 from gptpipe.train.flops import ModelShape, count_params, flops_6nd
+from gptpipe.scaling.summary import write_scaling_report
 from gptpipe.scaling.fit import (
     RunPlan,
     compute_optimal_table,
     fit_isoflop,
     fit_power_law,
     plan_runs,
-    write_scaling_report,
 )
 
 E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28

@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 import pytest
 
-from gptpipe.data.synthetic import generate_records, generate_splits, response_is_correct
+from gptpipe.data.answer_check import response_is_correct
+from gptpipe.data.synthetic import generate_records, generate_splits
 
 # The quality ladder as specified, best first; kept here rather than imported so the
 # test checks the code against the spec instead of against itself.

@@ -8,7 +8,7 @@ N_opt ∝ C^a and D_opt ∝ C^b, answers the question for budgets not run. Chinc
 a = 0.49, b = 0.51 for this approach (Table 2); Kaplan et al. found a = 0.73.
 
 The training is not done here: ``plan_runs`` says which (shape, budget) runs to train, and the
-results (one row per run) come back to ``compute_optimal_table`` and ``write_scaling_report``.
+results (one row per run) come back to ``compute_optimal_table``; ``gptpipe.scaling.summary`` writes the page.
 """
 
 from __future__ import annotations
@@ -17,20 +17,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
 import pandas as pd
 
-matplotlib.use("Agg")  # no display on the machines that run stages
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
-
-from gptpipe.errors import UserError  # noqa: E402
-from gptpipe.files import atomic_path  # noqa: E402
-from gptpipe.train.flops import ModelShape, count_params  # noqa: E402
+from gptpipe.errors import UserError
+from gptpipe.train.flops import ModelShape, count_params
 
 RESULT_COLUMNS = ("label", "n_params", "budget", "tokens", "test_loss")
 # A parabola has three coefficients; with fewer distinct sizes it passes through every point
@@ -219,7 +212,7 @@ def compute_optimal_table(results: pd.DataFrame) -> tuple[pd.DataFrame, dict[str
     rows = [_budget_row(budget, group) for budget, group in runs.groupby("budget", sort=True)]
     table = pd.DataFrame(rows)
     valid = table[table["fit_valid"]]
-    bracketed = _bracketed(table)
+    bracketed = bracketed_budgets(table)
     summary: dict[str, Any] = {
         "n_runs": len(runs),
         "budgets": [float(b) for b in table["budget"]],
@@ -237,7 +230,7 @@ def compute_optimal_table(results: pd.DataFrame) -> tuple[pd.DataFrame, dict[str
     return table.drop(columns="fit_note"), summary
 
 
-def _bracketed(table: pd.DataFrame) -> pd.DataFrame:
+def bracketed_budgets(table: pd.DataFrame) -> pd.DataFrame:
     """The budgets whose fitted vertex lies inside the sizes run: the only ones the exponents use."""
     return table[table["fit_valid"] & table["fit_inside"]]
 
@@ -306,200 +299,3 @@ def _exponents(bracketed: pd.DataFrame) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- the report
-
-
-def write_scaling_report(results: pd.DataFrame, out_dir: Path, *, regime: str) -> dict[str, Any]:
-    """runs.csv, compute_optimal.csv/.md and three PNGs in out_dir; returns the summary."""
-    table, summary = compute_optimal_table(results)
-    summary = {"regime": regime, **summary}
-    out_dir = Path(out_dir)
-    _write_text(out_dir / "runs.csv", results.to_csv(index=False))
-    _write_text(out_dir / "compute_optimal.csv", table.to_csv(index=False))
-    _write_text(out_dir / "compute_optimal.md", _markdown(table, summary))
-    _plot_isoflop(results, table, out_dir / "isoflop.png")
-    _plot_envelope(results, out_dir / "envelope.png")
-    _plot_optimum_vs_budget(table, summary, out_dir / "n_opt.png")
-    return summary
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def _markdown(table: pd.DataFrame, summary: dict[str, Any]) -> str:
-    lines = [
-        "# Compute-optimal model size (Chinchilla approach 2: isoFLOP profiles)",
-        "",
-        f"Regime: {summary['regime']}. {summary['n_runs']} runs; each trains N parameters on "
-        "D = C / 6N tokens, so every size at one budget spends the same FLOPs C (C = 6ND).",
-        "",
-        "| budget C (FLOPs) | best measured | N | test loss | fitted N_opt | fitted D_opt | fitted loss | vertex |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r.budget:.3g} | {r.best_label} | {r.best_n_params:,} | {r.best_loss:.4f} | "
-        f"{r.fitted_n_opt:.3g} | {r.fitted_d_opt:.3g} | {r.fitted_loss_opt:.4f} | {_vertex_word(r)} |"
-        for r in table.itertuples()
-    ]
-    lines += ["", _winners_sentence(table), "", _exponents_sentence(summary), "", _data_regime_sentence(table, summary)]
-    return "\n".join(lines) + "\n"
-
-
-def _data_regime_sentence(table: pd.DataFrame, summary: dict[str, Any]) -> str:
-    low, high = summary["tokens_per_param"]
-    span = f"The runs see {low:.3g} to {high:.3g} training tokens per parameter"
-    if high >= CHINCHILLA_TOKENS_PER_PARAM / 4:
-        return f"{span}; Chinchilla's compute-optimal models see about {CHINCHILLA_TOKENS_PER_PARAM}."
-    said = (f"{span}, far below the ~{CHINCHILLA_TOKENS_PER_PARAM} of Chinchilla's compute-optimal models: "
-            "by that measure every run is data-starved, and smaller sizes should win.")
-    bracketed = _bracketed(table)
-    if len(bracketed) < len(table):
-        said += " Where the optimum is not bracketed, smaller shapes (or larger budgets) are needed to pin it down."
-    if len(bracketed):
-        ratio = bracketed["fitted_d_opt"] / bracketed["fitted_n_opt"]
-        said += (f" Where it is bracketed, it sits at {ratio.min():.3g} to {ratio.max():.3g} tokens per "
-                 "parameter. N counts the token embedding: most of a small shape's parameters (and, through the "
-                 "tied output layer, of its FLOPs) but little of its capacity (Kaplan et al. 2020 find loss "
-                 "follows the non-embedding parameters), so this ratio is not comparable with Chinchilla's.")
-    return said
-
-
-def _vertex_word(row: Any) -> str:
-    if not row.fit_valid:
-        return "no fit (measured best used)"
-    return "inside the sizes run" if row.fit_inside else "extrapolated"
-
-
-def _winners_sentence(table: pd.DataFrame) -> str:
-    winners = "; ".join(f"at {r.budget:.3g} FLOPs, {r.best_label} (N={r.best_n_params:,}, loss {r.best_loss:.4f})"
-                        for r in table.itertuples())
-    labels = table["best_label"].tolist()
-    trend = ("the winning size does not change across budgets" if len(set(labels)) == 1
-             else "larger budgets favour larger models" if _grows(table["best_n_params"].tolist())
-             else "the winning size does not grow steadily with the budget")
-    return f"Lowest measured test loss: {winners}. Here {trend}."
-
-
-def _grows(values: list[int]) -> bool:
-    return all(a <= b for a, b in zip(values, values[1:])) and values[0] < values[-1]
-
-
-def _exponents_sentence(summary: dict[str, Any]) -> str:
-    excluded = summary["excluded_budgets"]
-    caveats = ""
-    if excluded:
-        caveats += " Left out of the exponent fit: " + "; ".join(
-            f"{e['budget']:.3g} FLOPs ({e['reason']})" for e in excluded) + "."
-    if summary["extrapolated_budgets"]:
-        caveats += (" The vertex lies outside the sizes run at "
-                    + ", ".join(f"{b:.3g}" for b in summary["extrapolated_budgets"])
-                    + " FLOPs, so those optima are extrapolations, left out of the exponent fit; "
-                    "add sizes beyond them to pin them down.")
-    if summary["n_opt_exponent"] is None:
-        return f"Exponents: not fitted ({summary['exponent_note']}).{caveats}"
-    a, b = CHINCHILLA_APPROACH2_EXPONENTS
-    return (
-        f"Fitted exponents over {len(summary['fitted_budgets'])} budgets: "
-        f"N_opt ∝ C^{summary['n_opt_exponent']:.3f} ({_r2_words(summary['n_opt_r2'])}) and "
-        f"D_opt ∝ C^{summary['d_opt_exponent']:.3f}; they sum to 1 because C = 6ND. "
-        f"For comparison, Chinchilla's approach 2 found N_opt ∝ C^{a} and D_opt ∝ C^{b} "
-        f"(Hoffmann et al. 2022, Table 2), Kaplan et al. (2020) N_opt ∝ C^{KAPLAN_N_OPT_EXPONENT}: "
-        f"an exponent near 0.5 means parameters and tokens should grow equally with compute.{caveats}"
-    )
-
-
-def _r2_words(r2: float | None) -> str:
-    return f"r² {r2:.3f}" if r2 is not None else "a line through 2 points: exact, so no r²; a third budget would test it"
-
-
-# --------------------------------------------------------------------------- figures
-
-
-def _plot_isoflop(results: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
-    """Chinchilla Fig. 3 (left): test loss against N per budget, fitted parabola, vertex marked."""
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    colours = _budget_colours(table["budget"])
-    for row, colour in zip(table.itertuples(), colours, strict=True):
-        runs = results[(results["budget"] == row.budget) & np.isfinite(results["test_loss"])]
-        ax.scatter(runs["n_params"], runs["test_loss"], color=colour, s=18, label=f"C = {row.budget:.2g} FLOPs")
-        if row.fit_valid:
-            fit = fit_isoflop(runs["n_params"].tolist(), runs["test_loss"].tolist())
-            # Span the vertex too, so an extrapolated optimum sits on its curve.
-            ends = np.log([runs["n_params"].min(), runs["n_params"].max(), row.fitted_n_opt])
-            log_n = np.linspace(ends.min(), ends.max(), 100)
-            ax.plot(np.exp(log_n), np.polyval([fit["a"], fit["b"], fit["c"]], log_n), color=colour, lw=1)
-            ax.scatter([row.fitted_n_opt], [row.fitted_loss_opt], color=colour, marker="*", s=120,
-                       edgecolors="black", linewidths=0.6, zorder=3)
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters N (embeddings included)")
-    ax.set_ylabel("test loss")
-    ax.set_title("IsoFLOP profiles: loss vs size at fixed compute (stars: fitted optima)")
-    _finish(fig, ax, path)
-
-
-def _plot_envelope(results: pd.DataFrame, path: Path) -> None:
-    """Chinchilla Fig. 2: loss against FLOPs per size; the lower envelope is the best any size does."""
-    runs = results[np.isfinite(results["test_loss"])]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for label, group in sorted(runs.groupby("label"), key=lambda item: item[1]["n_params"].iloc[0]):
-        group = group.sort_values("budget")
-        ax.plot(group["budget"], group["test_loss"], marker="o", markersize=3, lw=1,
-                label=f"{label} (N={group['n_params'].iloc[0]:.2g})")
-    envelope = runs.groupby("budget")["test_loss"].min().sort_index()
-    ax.plot(envelope.index, envelope.values, color="black", ls="--", lw=1.5, label="lower envelope (best size at each C)")
-    ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs C = 6ND")
-    ax.set_ylabel("test loss")
-    ax.set_title("Loss vs compute per model size")
-    _finish(fig, ax, path)
-
-
-def _plot_optimum_vs_budget(table: pd.DataFrame, summary: dict[str, Any], path: Path) -> None:
-    """Chinchilla Fig. 3 (centre, right): N_opt and D_opt against C with their power laws."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4), dpi=110, sharex=True)
-    for ax, quantity, ylabel in zip(axes, ("n_opt", "d_opt"), ("N_opt (parameters)", "D_opt (tokens)"),
-                                    strict=True):
-        inside = _bracketed(table)
-        outside = table[table["fit_valid"] & ~table["fit_inside"]]
-        fallback = table[~table["fit_valid"]]
-        ax.scatter(inside["budget"], inside[f"fitted_{quantity}"], color="C0", label="parabola vertex")
-        if len(outside):
-            ax.scatter(outside["budget"], outside[f"fitted_{quantity}"], color="C0", marker="x",
-                       label="vertex outside the sizes (not fitted)")
-        if len(fallback):
-            ax.scatter(fallback["budget"], fallback[f"fitted_{quantity}"], facecolors="none",
-                       edgecolors="C3", label="measured best (no fit)")
-        exponent = summary[f"{quantity}_exponent"]
-        if exponent is not None:
-            budgets = np.geomspace(table["budget"].min(), table["budget"].max(), 50)
-            ax.plot(budgets, summary[f"{quantity}_coefficient"] * budgets**exponent, color="C1",
-                    label=f"∝ C^{exponent:.3f}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # they overlap in a narrow panel
-        ax.set_xlabel("training FLOPs C")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    fig.suptitle("Compute-optimal parameters and tokens vs budget")
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def _budget_colours(budgets: pd.Series) -> list[Any]:
-    return list(plt.cm.viridis(np.linspace(0, 0.9, len(budgets))))
-
-
-def _finish(fig: plt.Figure, ax: plt.Axes, path: Path) -> None:
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def _save(fig: plt.Figure, path: Path) -> None:
-    # format= because atomic_path's temp name has no .png suffix for savefig to go by.
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
