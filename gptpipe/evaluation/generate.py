@@ -234,7 +234,8 @@ def _generate_batch(
     # logits_to_keep=1: only the last position's logits are needed, which spares the 50,257-wide
     # LM head on every prompt token.
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache, next_position = out.past_key_values, positions[:, -1] + 1
+    # transformers 5.24 renamed past_key_values to cache (the old name goes in 5.40).
+    cache, next_position = out.cache, positions[:, -1] + 1
     live = list(range(len(prompts)))  # batch rows still generating, as indices into prompts
     new: list[list[int]] = [[] for _ in prompts]
     answers: list[Answer | None] = [None] * len(prompts)
@@ -259,9 +260,9 @@ def _generate_batch(
         step_ids = torch.tensor([[new[r][-1]] for r in live], device=device)
         out = model(
             input_ids=step_ids, attention_mask=mask, position_ids=next_position[:, None],
-            past_key_values=cache, use_cache=True,
+            cache=cache, use_cache=True,
         )
-        cache, next_position = out.past_key_values, next_position + 1
+        cache, next_position = out.cache, next_position + 1
 
 
 def _left_pad(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
