@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from gptpipe.errors import run_or_exit
+from gptpipe.errors import UserError, run_or_exit
 
 
 def stage_arguments(main: Callable[..., object], argv: Sequence[str]) -> dict[str, object]:
@@ -33,5 +33,23 @@ def stage_arguments(main: Callable[..., object], argv: Sequence[str]) -> dict[st
 
 
 def run_stage(main: Callable[..., object], argv: Sequence[str] | None = None) -> None:
+    """Run a stage; a UserError is one line that also says how to get the last good outputs back:
+    DVC deletes a stage's outputs before running it, and keeps the last good ones in its cache."""
     arguments = stage_arguments(main, sys.argv[1:] if argv is None else argv)
-    run_or_exit(lambda: main(**arguments))
+    stage = _stage_name(main, arguments)
+
+    def guarded() -> None:
+        try:
+            main(**arguments)
+        except UserError as err:
+            raise UserError(f"{err} [the last good outputs: `dvc checkout {stage}`]") from None
+
+    run_or_exit(guarded)
+
+
+def _stage_name(main: Callable[..., object], arguments: dict[str, object]) -> str:
+    module = inspect.getmodule(main)
+    spec = getattr(module, "__spec__", None)
+    name = (spec.name if spec else main.__module__).rpartition(".")[2]
+    # foreach stages (generate@sft) take the item as --name
+    return f"{name}@{arguments['name']}" if "name" in arguments else name

@@ -11,7 +11,7 @@ from gptpipe.data.tokenizer import read_splits
 from gptpipe.entry import run_stage
 from gptpipe.files import write_json, write_tsv
 from gptpipe.models.gpt2 import build_scratch, load_pretrained, save_model
-from gptpipe.train.checkpoint import run_key
+from gptpipe.train.checkpoint import discard, run_key
 from gptpipe.train.flops import ModelShape, count_params
 from gptpipe.train.language_model import fit_language_model, measure_language_model, series_rows
 from gptpipe.train.runtime import make_runtime
@@ -26,13 +26,14 @@ def run(shared: SharedConfig, model: ModelConfig, base: BaseConfig, tokenized: P
         return _measure_hub_model(model, base, runtime, data, shared.seed, out, metrics, plots_dir)
     net = build_scratch(model, shared.seed)
     key = run_key("base", [shared, model, base], [tokenized / "train.arrow", tokenized / "test.arrow"])
-    state, figures = fit_language_model(net, data, base, runtime, seed=shared.seed,
-                                        checkpoint=checkpoints / f"base-{key}.pt", desc="base")
+    checkpoint = checkpoints / f"base-{key}.pt"
+    state, figures = fit_language_model(net, data, base, runtime, seed=shared.seed, checkpoint=checkpoint, desc="base")
     figures["lora_rank"] = 0
     figures["trainable_fraction"] = round(figures["trainable_parameters"] / figures["parameters"], 6)
     if runtime.is_main:
         save_model(net, out)
         _write_outputs(state.rows, figures, metrics, plots_dir)
+        discard(checkpoint)
     return figures
 
 

@@ -13,7 +13,7 @@ from gptpipe.figures import dpo_curves
 from gptpipe.files import write_json, write_tsv
 from gptpipe.models.gpt2 import load_model
 from gptpipe.models.lora import add_lora, save_finetuned
-from gptpipe.train.checkpoint import run_key
+from gptpipe.train.checkpoint import discard, run_key
 from gptpipe.train.dpo import DirectPreference, cache_reference, curves_title, dpo_metrics
 from gptpipe.train.flops import ModelShape
 from gptpipe.train.loop import train
@@ -35,9 +35,10 @@ def run(shared: SharedConfig, dpo: DpoConfig, tokenized: Path, sft: Path, out: P
     add_lora(model, dpo.lora, shared.seed)
     inputs = [tokenized / "train.arrow", tokenized / "test.arrow", *sorted(sft.glob("*.safetensors"))]
     shape = ModelShape.from_config(model.config)
+    checkpoint = checkpoints / f"dpo-{run_key('dpo', [shared, dpo], inputs)}.pt"
     state, trained = train(
         DirectPreference.from_config(model, dpo), plan, eval_sets, dpo, runtime, seed=shared.seed,
-        checkpoint=checkpoints / f"dpo-{run_key('dpo', [shared, dpo], inputs)}.pt", shape=shape, desc="dpo",
+        checkpoint=checkpoint, shape=shape, desc="dpo",
     )
     figures = dpo_metrics(dpo, state.rows, trained, shape, plan, reference_seconds)
     if runtime.is_main:
@@ -45,6 +46,7 @@ def run(shared: SharedConfig, dpo: DpoConfig, tokenized: Path, sft: Path, out: P
         write_tsv(plots_dir / "loss.tsv", state.rows)
         dpo_curves(state.rows, plots_dir / "curves.png", curves_title(dpo))
         write_json(metrics, figures)
+        discard(checkpoint)
     return figures
 
 

@@ -13,7 +13,7 @@ from gptpipe.data.tokenizer import read_splits
 from gptpipe.entry import run_stage
 from gptpipe.files import write_json, write_tsv
 from gptpipe.models.reward import load_hub_classifier, reward_model_from, save_reward_model
-from gptpipe.train.checkpoint import run_key
+from gptpipe.train.checkpoint import discard, run_key
 from gptpipe.train.flops import ModelShape
 from gptpipe.train.loop import evaluate, train
 from gptpipe.train.runtime import make_runtime
@@ -31,12 +31,12 @@ def run(shared: SharedConfig, reward: RewardConfig, tokenized: Path, base: Path,
     torch.manual_seed(shared.seed)  # the scalar head's init: the same params give the same reward model
     model = reward_model_from(base)
     inputs = [tokenized / "train.arrow", tokenized / "test.arrow", *sorted(base.glob("*.safetensors"))]
-    key = run_key("reward", [shared, reward], inputs)
+    checkpoint = checkpoints / f"reward-{run_key('reward', [shared, reward], inputs)}.pt"
     objective = BradleyTerry(model)
     state, trained = train(
         objective, StepPlan(data["train"], reward.batch_size, reward.micro_batch_size, shared.seed),
         {split: eval_sample(examples, reward.eval_samples, shared.seed) for split, examples in data.items()},
-        reward, runtime, seed=shared.seed, checkpoint=checkpoints / f"reward-{key}.pt",
+        reward, runtime, seed=shared.seed, checkpoint=checkpoint,
         shape=ModelShape.from_config(model.config), desc="reward",
     )
     # The loop's estimates use a 200-pair sample; the stage's headline is every test pair.
@@ -54,6 +54,7 @@ def run(shared: SharedConfig, reward: RewardConfig, tokenized: Path, base: Path,
         write_tsv(plots_dir / "loss.tsv", [{c: r[c] for c in SERIES_COLUMNS} for r in state.rows])
         plots.reward_curves(state.rows, plots_dir / "curves.png", "reward model: Bradley-Terry loss and pair accuracy")
         write_json(metrics, figures)
+        discard(checkpoint)
     return figures
 
 

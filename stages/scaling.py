@@ -15,7 +15,7 @@ from gptpipe.models.gpt2 import build_scratch, load_pretrained
 from gptpipe.scaling.fit import plan_runs
 from gptpipe.scaling.summary import write_scaling_report
 from gptpipe.scaling.runs import run_config, scaling_shape, scratch_config
-from gptpipe.train.checkpoint import run_key
+from gptpipe.train.checkpoint import discard, run_key
 from gptpipe.train.loop import train
 from gptpipe.train.objectives import LanguageModelling
 from gptpipe.train.runtime import make_runtime
@@ -31,7 +31,7 @@ def run(shared: SharedConfig, model: ModelConfig, scaling: ScalingConfig, data_s
     data = {split: lm_examples(t, loss_on, responses) for split, t in read_splits(tokenized).items()}
     mean_len = sum(len(e) for e in data["train"]) / len(data["train"])
     key = run_key("scaling", [shared, model, scaling], [tokenized / "train.arrow", tokenized / "test.arrow"])
-    rows = []
+    rows, finished = [], []
     for plan in plan_runs(list(shapes), scaling.budgets):
         steps = max(1, round(plan.tokens / (scaling.batch_size * mean_len)))
         cfg = run_config(scaling, steps)
@@ -39,9 +39,10 @@ def run(shared: SharedConfig, model: ModelConfig, scaling: ScalingConfig, data_s
         state, trained = train(
             LanguageModelling(net), StepPlan(data["train"], cfg.batch_size, cfg.micro_batch_size, shared.seed),
             {"test": eval_sample(data["test"], cfg.eval_samples, shared.seed)}, cfg, runtime, seed=shared.seed,
-            checkpoint=checkpoints / f"scaling-{key}-{plan.label}-{plan.budget:.3g}.pt",
+            checkpoint=(checkpoint := checkpoints / f"scaling-{key}-{plan.label}-{plan.budget:.3g}.pt"),
             shape=plan.shape, desc=f"{plan.label} @ {plan.budget:.2g} FLOPs",
         )
+        finished.append(checkpoint)
         rows.append({"label": plan.label, "n_params": plan.n_params, "budget": plan.budget,
                      "tokens": state.tokens, "planned_tokens": plan.tokens, "steps": steps,
                      "flops_counted": state.flops, "test_loss": trained["test_loss"],
@@ -51,6 +52,8 @@ def run(shared: SharedConfig, model: ModelConfig, scaling: ScalingConfig, data_s
               f"{data_source} dialogues, {runtime.device.type.upper()}")
     summary = write_scaling_report(pd.DataFrame(rows), out, regime=regime)
     write_json(metrics, summary)
+    for checkpoint in finished:  # kept until now: a killed sweep resumes each run from its last one
+        discard(checkpoint)
     return summary
 
 

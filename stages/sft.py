@@ -13,7 +13,7 @@ from gptpipe.entry import run_stage
 from gptpipe.files import write_json, write_tsv
 from gptpipe.models.gpt2 import load_model
 from gptpipe.models.lora import add_lora, save_finetuned
-from gptpipe.train.checkpoint import run_key
+from gptpipe.train.checkpoint import discard, run_key
 from gptpipe.train.language_model import fit_language_model, series_rows
 from gptpipe.train.runtime import make_runtime
 
@@ -30,8 +30,8 @@ def run(shared: SharedConfig, train: SftConfig, subset: Path, tokenized: Path, r
     add_lora(model, train.lora, shared.seed)
     inputs = [subset, tokenized / "test.arrow", *([raw_test] if raw_test else []), *sorted(base.glob("*.safetensors"))]
     key = run_key("sft", [shared, train], inputs)
-    state, figures = fit_language_model(model, data, train, runtime, seed=shared.seed,
-                                        checkpoint=checkpoints / f"sft-{key}.pt", desc="sft")
+    checkpoint = checkpoints / f"sft-{key}.pt"
+    state, figures = fit_language_model(model, data, train, runtime, seed=shared.seed, checkpoint=checkpoint, desc="sft")
     figures["lora_rank"] = train.lora.rank
     figures["trainable_fraction"] = round(figures["trainable_parameters"] / figures["parameters"], 6)
     if runtime.is_main:
@@ -40,6 +40,7 @@ def run(shared: SharedConfig, train: SftConfig, subset: Path, tokenized: Path, r
         plots.loss_curves(state.rows, plots_dir / "loss.png", "sft: loss per counted token")
         plots.memory_bars(figures["memory"], plots_dir / "memory.png", f"sft: training memory ({figures['optimizer']})")
         write_json(metrics, figures)
+        discard(checkpoint)
     return figures
 
 

@@ -166,5 +166,9 @@ def test_bad_data_file_fails_in_one_line_and_keeps_later_stages_outputs(project,
     error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert error and "not JSON Lines" in error[0]
     assert (project / "models/base/model.safetensors").is_file()
+    # DVC deleted the failed stage's outputs before running it; the error says how to get them back.
+    assert "`dvc checkout download`" in error[0] and not (project / "data/raw/train.parquet").exists()
+    run(project, "dvc", "checkout", "download")
+    assert (project / "data/raw/train.parquet").is_file()
     run(project, "git", "checkout", "--", "params.yaml")
     run(project, "dvc", "checkout", "-f")

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import torch
 
+from gptpipe.errors import UserError
+
 IGNORE = -100  # label of a position the loss does not count (transformers' convention)
 # Sorting happens within chunks of this many steps' sequences: larger chunks give less padding but
 # less random step composition. At 50 steps the padding measured on the default data is under 5%.
@@ -189,8 +191,9 @@ class StepPlan:
 
     def __init__(self, examples: Sequence[LMExample | PairExample], batch_size: int, micro_batch_size: int, seed: int):
         if len(examples) < batch_size:
-            raise ValueError(
-                f"batch_size: {batch_size} exceeds the {len(examples)} training sequences"
+            raise UserError(
+                f"batch_size: {batch_size} exceeds the {len(examples)} training examples; lower the "
+                "stage's batch_size and micro_batch_size in params.yaml, or give it more data"
             )
         self.examples = examples
         self.batch_size, self.micro_batch_size, self.seed = batch_size, micro_batch_size, seed

@@ -65,6 +65,11 @@ def load_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Opt
     return True
 
 
+def discard(path: Path) -> None:
+    """Remove a finished run's checkpoint: call it once the run's outputs are in place."""
+    path.unlink(missing_ok=True)
+
+
 def _as_rng_state(saved: Any) -> tuple:
     # random.setstate wants tuples; a weights-only load may hand back lists.
     version, internal, gauss = saved

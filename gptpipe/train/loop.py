@@ -103,8 +103,8 @@ def train(
         bar.set_postfix(grad_norm=f"{grad_norm:.2f}", tok_s=f"{timer.tokens_per_s:.0f}")
     bar.close()
     metrics = _summary(state, cfg, objective, optimizer, memory, timer, runtime)
-    if runtime.is_main and checkpoint.exists():
-        checkpoint.unlink()  # finished: the model is saved by the caller as a DVC output
+    # The checkpoint stays until the caller has its outputs in place (checkpoint.discard): a kill
+    # while the model is being saved resumes from it instead of step 0.
     return state, metrics
 
 

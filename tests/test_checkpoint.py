@@ -1,0 +1,83 @@
+"""Checkpoints that cannot run code or cross code versions, kept until the outputs are in place, and
+temp folders of a killed save cleared."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gptpipe.config import LoopConfig
+from gptpipe.files import atomic_path, clear_stale_temps
+from gptpipe.train import checkpoint
+from gptpipe.train.checkpoint import load_checkpoint, run_key
+from gptpipe.train.loop import RunState
+from stage_runs import run_base
+
+
+class Planted:
+    """Anything a pickle can rebuild; a weights-only load must refuse it."""
+
+    def __reduce__(self):
+        return (os.system, ("echo planted",))
+
+
+def test_a_checkpoint_holding_code_is_refused(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"objective": Planted()}, handle)
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(path, model, torch.optim.SGD(model.parameters(), lr=0.1), RunState())
+
+
+def test_the_run_key_changes_with_the_code_the_config_and_the_inputs(tmp_path, monkeypatch):
+    library = tmp_path / "lib"
+    library.mkdir()
+    (library / "loop.py").write_text("x = 1\n")
+    data = tmp_path / "train.arrow"
+    data.write_bytes(b"abc")
+    monkeypatch.setattr(checkpoint, "LIBRARY", library)
+    key = run_key("sft", [LoopConfig()], [data])
+    assert run_key("sft", [LoopConfig()], [data]) == key
+    assert run_key("sft", [LoopConfig(lr=0.1)], [data]) != key
+    data.write_bytes(b"abd")
+    assert run_key("sft", [LoopConfig()], [data]) != key
+    data.write_bytes(b"abc")
+    (library / "loop.py").write_text("x = 2\n")
+    assert run_key("sft", [LoopConfig()], [data]) != key
+
+
+def test_a_stage_discards_its_checkpoint_only_with_its_outputs_in_place(tiny_params, tokenized, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    kept = []
+    real_save = checkpoint.discard
+
+    def discard(path):
+        kept.append((path.exists(), (tmp_path / "base" / "model.safetensors").is_file()))
+        real_save(path)
+
+    import stages.base
+
+    monkeypatch.setattr(stages.base, "discard", discard)
+    run_base(tiny_params, tokenized, tmp_path / "base", tmp_path / "base.json", tmp_path / "plots")
+    assert kept == [(True, True)]  # the checkpoint was still there when the model already was
+    assert not list((tmp_path / ".gptpipe" / "checkpoints").glob("base-*.pt"))
+
+
+def test_temp_folders_of_a_killed_writer_are_cleared(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".base.tmp-{int(dead.stdout)}"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    alive = tmp_path / f".base.tmp-{os.getpid()}-other"  # not a pid suffix: left alone
+    alive.mkdir()
+    assert clear_stale_temps(tmp_path / "base") == [stale]
+    assert not stale.exists() and alive.exists()
+    with atomic_path(tmp_path / "base") as tmp:
+        tmp.mkdir()
+    assert (tmp_path / "base").is_dir()
