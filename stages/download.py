@@ -10,6 +10,8 @@ from gptpipe.files import write_json
 
 
 def run(data: DataConfig, seed: int, out: Path, metrics: Path) -> dict:
+    # Every check on the input runs in parse_source; nothing is written until it has passed, so bad
+    # input leaves what an earlier run wrote to `out` as it was.
     pairs_by_split, figures = parse_source(data, seed)
     for split in SPLITS:
         write_pairs(pairs_by_split[split], out / f"{split}.parquet")

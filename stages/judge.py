@@ -14,10 +14,10 @@ from gptpipe.models.reward import load_scorer
 from gptpipe.train.runtime import inference_device
 
 
-def run(device: str, score: ScoreConfig, evaluate: EvaluateConfig, name: str, answers: Path, reward: Path,
+def run(device: str, score: ScoreConfig, hf_max_length: int, evaluate: EvaluateConfig, name: str, answers: Path, reward: Path,
         raw_test: Path, out: Path, metrics: Path) -> dict:
     given = read_answers(answers)
-    scorer = load_scorer(reward, score.batch_size, inference_device(device), score.hf_max_length)
+    scorer = load_scorer(reward, score.batch_size, inference_device(device), hf_max_length)
     frame = pd.DataFrame({
         "id": given["id"], "reward": scorer.score(given["prompt"].tolist(), given["response"].tolist(), desc=name),
         "tokens": given["tokens"], "stopped": given["stopped"],
@@ -34,7 +34,7 @@ def run(device: str, score: ScoreConfig, evaluate: EvaluateConfig, name: str, an
 
 def main(name: str, answers: Path, reward: Path, raw_test: Path, out: Path, metrics: Path) -> None:
     params = load_params("params.yaml")
-    run(params.shared.device, params.score, params.evaluate, name, answers, reward, raw_test, out, metrics)
+    run(params.shared.device, params.score, params.reward.hf_max_length, params.evaluate, name, answers, reward, raw_test, out, metrics)
 
 
 if __name__ == "__main__":

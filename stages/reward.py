@@ -4,28 +4,31 @@ policy); `hf`: a hub sequence classifier (the full study's OpenAssistant model),
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from gptpipe import figures as plots
 from gptpipe.config import RewardConfig, SharedConfig, load_params
-from gptpipe.data.batches import StepPlan, eval_sample, pair_examples
+from gptpipe.data.batches import StepPlan, eval_indices, eval_sample, pair_examples
 from gptpipe.data.tokenizer import read_splits
 from gptpipe.entry import run_stage
 from gptpipe.files import write_json, write_tsv
-from gptpipe.models.reward import load_hub_classifier, reward_model_from, save_reward_model
+from gptpipe.models.reward import load_hub_classifier, load_scorer, reward_model_from, save_reward_model
 from gptpipe.train.checkpoint import discard, run_key
 from gptpipe.train.flops import ModelShape
 from gptpipe.train.loop import evaluate, train
-from gptpipe.train.runtime import make_runtime
+from gptpipe.train.runtime import inference_device, make_runtime
 from gptpipe.train.objectives import BradleyTerry
 
 SERIES_COLUMNS = ("step", "tokens", "flops", "lr", "train_loss", "test_loss", "train_accuracy", "test_accuracy")
 
 
-def run(shared: SharedConfig, reward: RewardConfig, tokenized: Path, base: Path, out: Path, metrics: Path,
-        plots_dir: Path, checkpoints: Path) -> dict:
+def run(shared: SharedConfig, reward: RewardConfig, tokenized: Path, raw: Path, base: Path,
+        out: Path, metrics: Path, plots_dir: Path, checkpoints: Path) -> dict:
     if reward.backend == "hf":
-        return _fetch_hub_judge(reward, out, metrics)
+        return _fetch_hub_judge(shared, reward, raw, out, metrics, plots_dir)
     runtime = make_runtime(shared)
     data = {split: pair_examples(table) for split, table in read_splits(tokenized).items()}
     torch.manual_seed(shared.seed)  # the scalar head's init: the same params give the same reward model
@@ -58,17 +61,35 @@ def run(shared: SharedConfig, reward: RewardConfig, tokenized: Path, base: Path,
     return figures
 
 
-def _fetch_hub_judge(reward: RewardConfig, out: Path, metrics: Path) -> dict:
+def _fetch_hub_judge(shared: SharedConfig, reward: RewardConfig, raw: Path, out: Path,
+                     metrics: Path, plots_dir: Path) -> dict:
+    """The hub classifier saved as it is, and measured like a trained judge at its one "step": the
+    Bradley-Terry loss and pair accuracy on the same fixed samples of train and test pairs."""
     model, tokenizer = load_hub_classifier(reward.name)
     save_reward_model(model, out, {"backend": "hf", "name": reward.name}, tokenizer)
-    figures = {"backend": "hf", "name": reward.name, "parameters": model.num_parameters()}
+    # Scored in micro-batches of the section's micro_batch_size pairs' responses.
+    scorer = load_scorer(out, reward.micro_batch_size, inference_device(shared.device), reward.hf_max_length)
+    row = {"step": 0, "tokens": 0, "flops": 0.0, "lr": 0.0}
+    for split in ("train", "test"):
+        pairs = pd.read_parquet(raw / f"{split}.parquet")
+        sample = pairs.iloc[sorted(eval_indices(len(pairs), reward.eval_samples, shared.seed))]
+        prompts = sample["prompt"].tolist()
+        margin = (scorer.score(prompts, sample["chosen"].tolist(), desc=f"{split} chosen")
+                  - scorer.score(prompts, sample["rejected"].tolist(), desc=f"{split} rejected"))
+        row[f"{split}_loss"] = float(-F.logsigmoid(torch.as_tensor(margin)).mean())
+        row[f"{split}_accuracy"] = float(np.mean((margin > 0) + 0.5 * (margin == 0)))  # a tie counts half
+    figures = {"backend": "hf", "name": reward.name, "parameters": model.num_parameters(),
+               "eval_pairs": reward.eval_samples,
+               **{f"{split}_{m}": row[f"{split}_{m}"] for split in ("train", "test") for m in ("loss", "accuracy")}}
+    write_tsv(plots_dir / "loss.tsv", [row])
+    plots.reward_curves([row], plots_dir / "curves.png", f"reward model: {reward.name} (hub weights, not trained here)")
     write_json(metrics, figures)
     return figures
 
 
-def main(tokenized: Path, base: Path, out: Path, metrics: Path, plots: Path, checkpoints: Path) -> None:
+def main(tokenized: Path, raw: Path, base: Path, out: Path, metrics: Path, plots: Path, checkpoints: Path) -> None:
     params = load_params("params.yaml")
-    run(params.shared, params.reward, tokenized, base, out, metrics, plots, checkpoints)
+    run(params.shared, params.reward, tokenized, raw, base, out, metrics, plots, checkpoints)
 
 
 if __name__ == "__main__":

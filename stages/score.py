@@ -17,8 +17,8 @@ from gptpipe.models.reward import load_scorer
 from gptpipe.train.runtime import inference_device
 
 
-def run(device: str, score: ScoreConfig, raw: Path, reward: Path, out: Path, metrics: Path, plots_dir: Path) -> dict:
-    scorer = load_scorer(reward, score.batch_size, inference_device(device), score.hf_max_length)
+def run(device: str, score: ScoreConfig, hf_max_length: int, raw: Path, reward: Path, out: Path, metrics: Path, plots_dir: Path) -> dict:
+    scorer = load_scorer(reward, score.batch_size, inference_device(device), hf_max_length)
     frames: dict[str, pd.DataFrame] = {}
     figures: dict[str, Any] = {"scorer": scorer.name}
     for split in ("train", "test"):
@@ -37,7 +37,7 @@ def run(device: str, score: ScoreConfig, raw: Path, reward: Path, out: Path, met
 
 def main(raw: Path, reward: Path, out: Path, metrics: Path, plots: Path) -> None:
     params = load_params("params.yaml")
-    run(params.shared.device, params.score, raw, reward, out, metrics, plots)
+    run(params.shared.device, params.score, params.reward.hf_max_length, raw, reward, out, metrics, plots)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, PreTrainedTokenizerFast
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the stage modules (stages/), which tests call through stage_runs
@@ -38,3 +41,24 @@ def tokenized(tmp_path_factory, tiny_params) -> Path:
     download(tiny_params.data, tiny_params.shared.seed, root / "raw", root / "data.json")
     run_tokenize(root / "raw", root / "tokenized", root / "tokenize.json", tiny_params.tokenize)
     return root / "tokenized"
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory):
+    """A DeBERTa-v2 sequence classifier (the OpenAssistant model's class) with a word-level tokenizer."""
+    folder = tmp_path_factory.mktemp("classifier")
+    words = "human assistant what is the capital of france paris a an 1 2 3 4 5 ? . , i am not sure".split()
+    vocab = {tok: i for i, tok in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                        cls_token="[CLS]", sep_token="[SEP]", model_input_names=["input_ids", "attention_mask"])
+    torch.manual_seed(0)
+    config = DebertaV2Config(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=64, max_position_embeddings=128, num_labels=1, pad_token_id=0)
+    model = DebertaV2ForSequenceClassification(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -30,11 +30,12 @@ def run_sft(params, tokenized, base_dir, out, metrics, plots, train_pairs=None, 
 
 
 def run_reward(params, tokenized, base_dir, out, metrics, plots):
-    return reward.run(params.shared, params.reward, tokenized, base_dir, out, metrics, plots, CHECKPOINTS)
+    raw = tokenized.parent / "raw"
+    return reward.run(params.shared, params.reward, tokenized, raw, base_dir, out, metrics, plots, CHECKPOINTS)
 
 
 def run_score(params, raw, reward_dir, out, metrics, plots):
-    return score.run(params.shared.device, params.score, raw, reward_dir, out, metrics, plots)
+    return score.run(params.shared.device, params.score, params.reward.hf_max_length, raw, reward_dir, out, metrics, plots)
 
 
 def run_filter(params, scored, tokenized, out, metrics):
@@ -53,7 +54,7 @@ def run_generate(params, name, raw_dir, models_root, out, metrics, progress=True
 
 
 def run_judge(params, name, answers, reward_dir, raw_test, out, metrics):
-    return judge.run(params.shared.device, params.score, params.evaluate, name, answers, reward_dir, raw_test, out, metrics)
+    return judge.run(params.shared.device, params.score, params.reward.hf_max_length, params.evaluate, name, answers, reward_dir, raw_test, out, metrics)
 
 
 def run_evaluate(params, judged, generated, scored_test, raw_test, metrics, plots):

@@ -118,9 +118,11 @@ train:                  # supervised fine-tuning
     rank: 0             # 0 = full fine-tuning
     targets: [attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj]
 
+reward:
+  hf_max_length: 512    # hf: truncation
+
 score:
   batch_size: 32        # sequences per scoring pass
-  hf_max_length: 512    # hf: truncation
 
 scaling:                # a comment on a section
   models: [1x16, 1x32, 2x64, 2x128]  # shapes
@@ -176,7 +178,7 @@ def test_a_preset_keeps_params_yaml_comments_and_layout(tmp_path, presets):
     assert (merged.shared.device, merged.train.lr, merged.train.lora.rank) == ("cuda", 1e-5, 8)
     assert merged.score.batch_size == 64 and merged.scaling.models == ("gpt2", "gpt2-medium", "gpt2-large")
     assert merged.model.init == "pretrained"
-    assert (merged.train.max_steps, merged.score.hf_max_length, merged.train.lora.targets[0]) == (150, 512, "attn.c_attn")
+    assert (merged.train.max_steps, merged.reward.hf_max_length, merged.train.lora.targets[0]) == (150, 512, "attn.c_attn")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "presets"]  # no temp file left
 
 

@@ -1,5 +1,6 @@
 import gzip
 import json
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -88,15 +89,22 @@ def test_ids_are_stable_content_hashes():
 def test_dir_source_carves_the_missing_split(hh_dir, tmp_path):
     cfg = DataConfig(source="dir", dir=str(hh_dir), division="harmless-base", split_fraction=0.1)
     metrics = download(cfg, seed=7, out_dir=tmp_path / "raw", metrics_path=tmp_path / "data.json")
-    assert metrics["carved"]["from"] == "test"
-    assert metrics["carved"]["train"] == round(0.1 * 2312)  # the missing split is the carved part
-    assert metrics["carved"]["test"] == 2312 - round(0.1 * 2312)
+    carved = metrics["carved"]
+    assert carved["from"] == "test" and carved["file"].endswith("harmless-base/test.jsonl.gz")
+    assert carved["missing"].endswith("harmless-base/train.jsonl(.gz)")
+    # Train is the larger side: the test file's bulk becomes train, split_fraction of it stays test.
+    assert carved["test"] == round(0.1 * 2312)
+    assert carved["train"] == 2312 - round(0.1 * 2312)
+    assert "train.jsonl(.gz) is missing: carving train from test.jsonl.gz" in carved["note"]
     train = pq.read_table(tmp_path / "raw" / "train.parquet")
     test = pq.read_table(tmp_path / "raw" / "test.parquet")
+    assert train.num_rows > test.num_rows
     assert not set(train.column("id").to_pylist()) & set(test.column("id").to_pylist())
     dropped = sum(sum(metrics[s]["dropped"].values()) for s in ("train", "test"))
     assert dropped == 5 + 4  # prompt mismatches and empty responses, wherever the carve put them
     assert metrics["train"]["pairs"] + metrics["test"]["pairs"] == 2312 - dropped
+    # The default data.max_drop_fraction passes the real split: 9 of 2,312 records (0.4%) drop.
+    assert max(metrics[s]["drop_fraction"] for s in ("train", "test")) < DataConfig().max_drop_fraction
     assert json.loads((tmp_path / "data.json").read_text()) == metrics
 
 
@@ -136,11 +144,18 @@ def test_synthetic_source_keeps_ground_truth(tmp_path):
 
 
 def test_hub_source_offline_names_the_offline_sources(monkeypatch):
-    # The hub cannot be reached here; HF_HUB_OFFLINE makes that certain (and fast) anywhere.
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # The hub cannot be reached: an endpoint on a closed local port makes that certain anywhere, and
+    # the client's offline mode (read once at import, so setting the env var here would be too late)
+    # is off, so the reachability check runs rather than the cache lookup.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    started = time.monotonic()
     with pytest.raises(SourceUnreachable) as err:
         read_hub("helpful-base")
+    assert time.monotonic() - started < 10
     message = str(err.value)
     assert "Anthropic/hh-rlhf" in message and "data.source=dir" in message and "synthetic" in message
+    assert "http://127.0.0.1:9 is unreachable" in message
     assert "\n" not in message

@@ -145,6 +145,21 @@ def test_report_page_has_every_pipeline_section(project):
     assert {"reward", "dpo", "evaluate"} <= set(record["present"])
 
 
+def test_the_hub_judge_runs_through_dvc_to_the_report(project, tiny_classifier):
+    # The full study's judge path (reward.backend: hf) with a local classifier of the hub model's
+    # class (DeBERTa-v2): every stage after it runs and the report is built.
+    result = run(project, "dvc", "exp", "run", "-S", "reward.backend=hf", "-S", f"reward.name={tiny_classifier}")
+    for stage in ("reward", "score", "filter", "sft", "dpo", "judge@base", "judge@sft", "judge@dpo", "evaluate", "report"):
+        assert f"Running stage '{stage}'" in result.stdout, stage
+    reward = json.loads((project / "metrics/reward.json").read_text())
+    assert reward["backend"] == "hf" and 0 <= reward["test_accuracy"] <= 1
+    assert (project / "plots/reward/loss.tsv").read_text().startswith("step\t")
+    assert json.loads((project / "metrics/score.json").read_text())["scorer"] == str(tiny_classifier)
+    assert (project / "report/index.html").is_file()
+    run(project, "git", "checkout", "--", ".")
+    run(project, "dvc", "checkout", "-f")
+
+
 def test_bad_param_fails_in_one_line_and_keeps_earlier_outputs(project):
     result = run(project, "dvc", "exp", "run", "-S", "train.optimizer=bogus", ok=False)
     assert result.returncode != 0

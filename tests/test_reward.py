@@ -8,8 +8,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, PreTrainedTokenizerFast
 
 from gptpipe.data.batches import PairExample, pair_examples
 from gptpipe.errors import UserError
@@ -97,32 +95,14 @@ def test_trained_reward_model_separates_the_synthetic_pairs(tiny_params, tokeniz
 # -- the hf backend, on a small randomly initialised classifier saved locally ---------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_classifier(tmp_path_factory):
-    """A DeBERTa-v2 sequence classifier (the OpenAssistant model's class) with a word-level tokenizer."""
-    folder = tmp_path_factory.mktemp("classifier")
-    words = "human assistant what is the capital of france paris a an 1 2 3 4 5 ? . , i am not sure".split()
-    vocab = {tok: i for i, tok in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                        cls_token="[CLS]", sep_token="[SEP]", model_input_names=["input_ids", "attention_mask"])
-    torch.manual_seed(0)
-    config = DebertaV2Config(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                             intermediate_size=64, max_position_embeddings=128, num_labels=1, pad_token_id=0)
-    model = DebertaV2ForSequenceClassification(config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_hf_backend_scores_text_pairs_like_the_classifier_itself(tiny_params, tokenized, tiny_classifier, tmp_path):
     params = tiny_params.model_copy(update={"reward": tiny_params.reward.model_copy(update={
         "backend": "hf", "name": str(tiny_classifier)}), "score": tiny_params.score.model_copy(update={"batch_size": 5})})
     metrics = run_reward(params, tokenized, tmp_path / "unused-base", tmp_path / "reward", tmp_path / "r.json", tmp_path / "p")
     assert metrics["backend"] == "hf" and metrics["name"] == str(tiny_classifier)
+    # The outputs dvc.yaml declares for the stage exist on this path too (the full study's blocker).
+    assert (tmp_path / "p" / "loss.tsv").is_file() and (tmp_path / "p" / "curves.png").is_file()
+    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0 and metrics["eval_pairs"] == 16
     scorer = load_scorer(tmp_path / "reward", batch_size=5, device=torch.device("cpu"))
     prompts = ["\n\nHuman: what is the capital of france ?\n\nAssistant:"] * 3 + ["\n\nHuman: 1 2 3\n\nAssistant:"]
     responses = [" paris .", " i am not sure", " a", " 4 5"]

@@ -214,6 +214,9 @@ class StepPlan:
 
 def eval_sample(examples: Sequence, n: int, seed: int) -> list:
     """A fixed random sample (the same at every evaluation), sorted by length to pad little."""
-    rng = random.Random(f"eval-{seed}")
-    picked = rng.sample(range(len(examples)), min(n, len(examples)))
-    return sorted((examples[i] for i in picked), key=len)
+    return sorted((examples[i] for i in eval_indices(len(examples), n, seed)), key=len)
+
+
+def eval_indices(n_items: int, n: int, seed: int) -> list[int]:
+    """Which of n_items the fixed evaluation sample of n holds (eval_sample's draw)."""
+    return random.Random(f"eval-{seed}").sample(range(n_items), min(n, n_items))

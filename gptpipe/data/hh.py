@@ -2,8 +2,9 @@
 
 A record holds two whole dialogues, `chosen` and `rejected`, of `\\n\\nHuman: …` / `\\n\\nAssistant: …`
 turns. The prompt is everything up to and including the last `\\n\\nAssistant:`; both dialogues must
-share it, and only the final responses differ. Records that do not parse are dropped and counted by
-reason; a file with no JSON record at all is an error, since it is not HH data.
+share it, and only the final responses differ (two identical ones carry no preference). Records that
+do not parse are dropped and counted by reason; a file with no JSON record at all is an error, since
+it is not HH data.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ NOT_TEXT = "not_text"
 NO_ASSISTANT_TURN = "no_assistant_turn"
 PROMPT_MISMATCH = "prompt_mismatch"
 EMPTY_RESPONSE = "empty_response"
+IDENTICAL_RESPONSES = "identical_responses"  # chosen == rejected: no preference to learn from
 DUPLICATE = "duplicate"
 
 
@@ -58,8 +60,17 @@ class ParseReport:
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
 
+    @property
+    def drop_fraction(self) -> float:
+        return sum(self.dropped.values()) / self.read if self.read else 0.0
+
     def as_dict(self) -> dict[str, Any]:
-        return {"read": self.read, "kept": self.kept, "dropped": dict(sorted(self.dropped.items()))}
+        return {
+            "read": self.read,
+            "kept": self.kept,
+            "dropped": dict(sorted(self.dropped.items())),
+            "drop_fraction": round(self.drop_fraction, 4),
+        }
 
 
 def split_dialogue(dialogue: str) -> tuple[str, str]:
@@ -84,6 +95,9 @@ def parse_record(record: Any) -> Pair:
         raise Unparseable(PROMPT_MISMATCH)
     if not chosen_response.strip() or not rejected_response.strip():
         raise Unparseable(EMPTY_RESPONSE)
+    # Compared without surrounding whitespace: a leading space more is not a preference.
+    if chosen_response.strip() == rejected_response.strip():
+        raise Unparseable(IDENTICAL_RESPONSES)
     return Pair(
         id=pair_id(prompt, chosen_response, rejected_response),
         prompt=prompt,

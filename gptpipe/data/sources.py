@@ -2,12 +2,14 @@
 
 All three yield raw HH records that go through the one parser in `hh`, so a synthetic pair and a real
 one are read by the same code. The download stage writes `data/raw/{train,test}.parquet` and
-`metrics/data.json` (records read, kept, dropped by reason, per split).
+`metrics/data.json` (records read, kept, dropped by reason, per split). A split that cannot be used
+(empty, or dropping more than data.max_drop_fraction) is an error raised before anything is written.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,9 @@ from gptpipe.data.hh import DataFileError, Pair, ParseReport, parse_records, rea
 
 SPLITS = ("train", "test")
 HF_DATASET = "Anthropic/hh-rlhf"
+# Seconds to wait for the hub's answer before calling it unreachable: a HEAD to huggingface.co takes
+# well under a second where there is network; offline, DNS fails at once.
+HUB_PROBE_TIMEOUT_S = 3.0
 META_COLUMNS = ("family", "question", "answer", "chosen_quality", "rejected_quality", "flawed")
 
 
@@ -29,41 +34,57 @@ class SourceUnreachable(UserError):
     """A remote asset could not be fetched; the message names it and the offline alternative."""
 
 
+@dataclass(frozen=True)
+class RawSplits:
+    records: dict[str, list[Any]]  # decoded records per split, Unparseable markers included
+    origin: dict[str, str]  # per split, where its records came from (a file, the hub, the generator)
+    carved: dict[str, Any] | None = None  # a one-split folder: which file was carved how
+
+
 def parse_source(cfg: DataConfig, seed: int) -> tuple[dict[str, list[Pair]], dict[str, Any]]:
     """Read the configured source and parse it: the pairs per split, and the metrics that say what
-    was read, kept and dropped by reason (the download stage writes both)."""
-    raw, carved = read_source(cfg, seed)
+    was read, kept and dropped by reason (the download stage writes both). Every check runs here,
+    before the stage writes anything: an unusable split is a DataFileError naming its origin."""
+    raw = read_source(cfg, seed)
     metrics: dict[str, Any] = {"source": cfg.source, "division": _division(cfg)}
-    pairs_by_split = {}
+    if raw.carved:
+        metrics["carved"] = raw.carved
+    pairs_by_split, reports = {}, {}
     for split in SPLITS:
-        report = ParseReport()
-        pairs = parse_records(raw[split], report)
-        pairs = cap_pairs(pairs, cfg.max_pairs, seed)
-        pairs_by_split[split] = pairs
-        metrics[split] = report.as_dict() | {"pairs": len(pairs)}
-    if carved:
-        metrics["carved"] = carved
-    _refuse_empty(pairs_by_split, metrics, cfg)
+        reports[split] = ParseReport()
+        pairs = parse_records(raw.records[split], reports[split])
+        pairs_by_split[split] = cap_pairs(pairs, cfg.max_pairs, seed)
+        metrics[split] = reports[split].as_dict() | {
+            "origin": raw.origin[split],
+            "pairs": len(pairs_by_split[split]),
+        }
+    for split in SPLITS:
+        _refuse_unusable(split, reports[split], raw, cfg)
     return pairs_by_split, metrics
 
 
-def read_source(cfg: DataConfig, seed: int) -> tuple[dict[str, list[Any]], dict[str, Any] | None]:
-    """Raw records per split, and (for a one-split folder) how the other split was carved."""
+def read_source(cfg: DataConfig, seed: int) -> RawSplits:
+    """Raw records per split, where each came from, and (for a one-split folder) the carve."""
     if cfg.source == "synthetic":
         s = cfg.synthetic
         splits = synthetic.generate_splits(
             s.n_train, s.n_test, seed=seed, flawed_fraction=s.flawed_fraction, max_turns=s.max_turns
         )
-        return splits, None
+        return RawSplits(splits, {split: "the synthetic generator" for split in SPLITS})
     if cfg.source == "dir":
         return read_folder(Path(cfg.dir), cfg.division, cfg.split_fraction, seed)
-    return read_hub(cfg.division), None
+    origin = f"{HF_DATASET} (data_dir={cfg.division!r}) on the Hugging Face hub"
+    return RawSplits(read_hub(cfg.division), {split: origin for split in SPLITS})
 
 
-def read_folder(
-    root: Path, division: str, split_fraction: float, seed: int
-) -> tuple[dict[str, list[Any]], dict[str, Any] | None]:
-    """`<root>/<division>/{train,test}.jsonl[.gz]`; a missing split is carved from the other."""
+def read_folder(root: Path, division: str, split_fraction: float, seed: int) -> RawSplits:
+    """`<root>/<division>/{train,test}.jsonl[.gz]`; a missing split is carved from the other.
+
+    The carve always leaves train the larger side: `split_fraction` (< 0.5) of the one file becomes
+    test and the rest train, whether that file was train (it keeps most of its records) or test (its
+    bulk becomes train). A user with only the hub's small test file gets a usable train split, not a
+    10% one beside a 90% test split.
+    """
     folder = root / division
     found = {split: _split_file(folder, split) for split in SPLITS}
     present = [split for split, path in found.items() if path is not None]
@@ -74,21 +95,32 @@ def read_folder(
         )
     records = {split: read_jsonl(found[split]) for split in present}
     if len(present) == 2:
-        return records, None
+        return RawSplits(records, {split: str(found[split]) for split in SPLITS})
     (have,) = present
     missing = "test" if have == "train" else "train"
-    records[have], records[missing] = carve(records[have], split_fraction, seed)
-    return records, {
+    source = found[have]
+    train, test = carve(records[have], split_fraction, seed)
+    role = "stays test" if have == "test" else "becomes test"
+    note = (
+        f"{folder / missing}.jsonl(.gz) is missing: carving {missing} from {source.name} "
+        f"(data.split_fraction={split_fraction} of it {role}, seed {seed}: "
+        f"train {len(train)}, test {len(test)} records)"
+    )
+    carved = {
+        "missing": f"{folder / missing}.jsonl(.gz)",
+        "file": str(source),
         "from": have,
         "fraction": split_fraction,
         "seed": seed,
-        have: len(records[have]),
-        missing: len(records[missing]),
+        "train": len(train),
+        "test": len(test),
+        "note": note,
     }
+    return RawSplits({"train": train, "test": test}, {split: str(source) for split in SPLITS}, carved)
 
 
 def carve(records: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
-    """Seeded split of one file's records: (the rest, the carved `fraction`)."""
+    """Seeded split of one file's records: (the rest, the carved `fraction`, at least one)."""
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
     n_carved = max(1, round(fraction * len(records)))
@@ -98,19 +130,46 @@ def carve(records: list[Any], fraction: float, seed: int) -> tuple[list[Any], li
 
 
 def read_hub(division: str) -> dict[str, list[Any]]:
-    """HH-RLHF from the Hugging Face hub (real loading code; fails fast and plainly offline)."""
+    """HH-RLHF from the Hugging Face hub (real loading code; fails fast and plainly offline).
+
+    Without network `datasets.load_dataset` retries for ~25 s, printing a line per retry, before it
+    gives up; one HEAD to the hub with a short timeout tells the same in a fraction of a second. In
+    the hub client's offline mode (HF_HUB_OFFLINE=1) no request is made: datasets reads its cache.
+    """
+    from huggingface_hub import constants  # imported here, as datasets is: only this source needs it
+
+    if not constants.is_offline_mode():
+        _check_hub_reachable(constants.ENDPOINT, division)
     import datasets  # heavy import, only for this source
 
     try:
         loaded = datasets.load_dataset(HF_DATASET, data_dir=division)
     except Exception as err:  # the hub client raises many types; all mean "could not fetch"
-        raise SourceUnreachable(
-            f"data.source=hf: could not load {HF_DATASET} (data_dir={division!r}) from the "
-            f"Hugging Face hub ({type(err).__name__}: {_first_line(err)}). Offline, use "
-            "data.source=dir with data.dir=/absolute/folder holding "
-            f"{division}/train.jsonl.gz and test.jsonl.gz, or data.source=synthetic"
-        ) from None
+        why = f"could not load it ({type(err).__name__}: {_first_line(err)})"
+        raise _unreachable(division, why) from None
     return {split: list(loaded[split]) for split in SPLITS}
+
+
+def _check_hub_reachable(endpoint: str, division: str, timeout_s: float = HUB_PROBE_TIMEOUT_S) -> None:
+    """One HEAD request through the hub client's own HTTP session (so its proxy settings apply),
+    no retries: any HTTP answer means reachable; a connection error or timeout means not."""
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(endpoint, timeout=timeout_s)
+    except Exception as err:  # httpx's transport errors, or a proxy's; all mean "no hub"
+        raise _unreachable(
+            division, f"{endpoint} is unreachable ({type(err).__name__}: {_first_line(err)})"
+        ) from None
+
+
+def _unreachable(division: str, why: str) -> SourceUnreachable:
+    return SourceUnreachable(
+        f"data.source=hf: {HF_DATASET} (data_dir={division!r}) from the Hugging Face hub: {why}. "
+        "Offline, use data.source=dir with data.dir=/absolute/folder holding "
+        f"{division}/train.jsonl.gz and test.jsonl.gz, or data.source=synthetic "
+        "(or HF_HUB_OFFLINE=1 for a copy already in the Hugging Face cache)"
+    )
 
 
 def cap_pairs(pairs: list[Pair], max_pairs: int | None, seed: int) -> list[Pair]:
@@ -146,15 +205,27 @@ def _split_file(folder: Path, split: str) -> Path | None:
     return None
 
 
-def _refuse_empty(
-    pairs_by_split: dict[str, list[Pair]], metrics: dict[str, Any], cfg: DataConfig
-) -> None:
-    for split, pairs in pairs_by_split.items():
-        if not pairs:
-            raise DataFileError(
-                f"data ({cfg.source}): no parseable pair in the {split} split "
-                f"(dropped: {metrics[split]['dropped']}); check the input files"
-            )
+def _refuse_unusable(split: str, report: ParseReport, raw: RawSplits, cfg: DataConfig) -> None:
+    """An empty split, or one that dropped more than data.max_drop_fraction, is an error naming the
+    split, its origin, the top drop reasons and the fix (and the carve, when there was one)."""
+    reasons = ", ".join(f"{reason} {n}" for reason, n in report.dropped.most_common(3)) or "none"
+    carve_note = f"; {raw.carved['note']}" if raw.carved else ""
+    where = f"data ({cfg.source}): the {split} split from {raw.origin[split]}"
+    if not report.kept:
+        fix = "check the input files"
+        if raw.carved and not report.read:
+            fix = "supply the missing file, or more records"
+        raise DataFileError(
+            f"{where} has no parseable pair ({report.read} records read; dropped: {reasons})"
+            f"{carve_note}; {fix}"
+        )
+    if report.drop_fraction > cfg.max_drop_fraction:
+        raise DataFileError(
+            f"{where} dropped {report.drop_fraction:.1%} of its {report.read} records "
+            f"({sum(report.dropped.values())} dropped; top reasons: {reasons}), above "
+            f"data.max_drop_fraction={cfg.max_drop_fraction}{carve_note}; check that file, or "
+            "raise data.max_drop_fraction if these drops are expected"
+        )
 
 
 def _division(cfg: DataConfig) -> str | None:

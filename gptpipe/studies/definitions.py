@@ -262,9 +262,9 @@ def _workspace_judge():
 
     if not Path("models/reward").is_dir():
         return None
-    score = load_params("params.yaml").score  # as the judge stage scores
-    return load_scorer(Path("models/reward"), batch_size=score.batch_size, device=torch.device("cpu"),
-                       max_length=score.hf_max_length)
+    params = load_params("params.yaml")  # as the judge stage scores
+    return load_scorer(Path("models/reward"), batch_size=params.score.batch_size, device=torch.device("cpu"),
+                       max_length=params.reward.hf_max_length)
 
 
 def _rejudge(judge, experiment: str) -> float:
