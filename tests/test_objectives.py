@@ -84,6 +84,29 @@ def test_fused_head_loss_and_gradients_equal_autograd():
         assert torch.allclose(got, want, atol=1e-5)
 
 
+def test_fused_head_with_a_frozen_weight_gives_the_hidden_gradient_only():
+    # LoRA freezes the tied embedding: dW is not built, dh is still autograd's.
+    torch.manual_seed(1)
+    hidden = torch.randn(300, 24, requires_grad=True)
+    weight = torch.randn(500, 24)
+    targets = torch.randint(0, 500, (300,))
+    (want,) = torch.autograd.grad(F.cross_entropy(hidden @ weight.T, targets, reduction="sum"), (hidden,))
+    fused = linear_cross_entropy(hidden, weight, targets)
+    (got,) = torch.autograd.grad(fused, (hidden,))
+    assert torch.allclose(got, want, atol=1e-5) and weight.grad is None
+
+
+def test_fused_head_under_no_grad_gives_the_same_loss_and_keeps_no_graph():
+    torch.manual_seed(2)
+    hidden = torch.randn(300, 24, requires_grad=True)
+    weight = torch.randn(500, 24, requires_grad=True)
+    targets = torch.randint(0, 500, (300,))
+    with_grad = linear_cross_entropy(hidden, weight, targets)
+    with torch.no_grad():
+        without = linear_cross_entropy(hidden, weight, targets)
+    assert torch.equal(without, with_grad.detach()) and without.grad_fn is None
+
+
 def test_objective_gradients_equal_transformers_loss_gradients():
     # The tied embedding gets gradient from both the input lookup and the fused head.
     ours, theirs = tiny_model(), tiny_model()

@@ -23,9 +23,12 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # hidden (M, d), weight (V, d), targets (M,) → summed loss ()
-        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grad_hidden = torch.empty_like(hidden) if needs_grad else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad else None
+        # Only the gradients something will ask for: a frozen head (LoRA: the tied embedding) needs
+        # no dW, which is half of the head's backward work.
+        wants_hidden, wants_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        needs_grad = wants_hidden or wants_weight
+        grad_hidden = torch.empty_like(hidden) if wants_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if wants_weight else None
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], CHUNK_ROWS):
             h = hidden[start : start + CHUNK_ROWS]
@@ -36,8 +39,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 probs = logits.softmax(dim=-1)  # d(sum CE)/d logits = softmax - onehot
                 probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0
                 dlogits = probs.to(h.dtype)
-                grad_hidden[start : start + CHUNK_ROWS] = dlogits @ weight
-                grad_weight.addmm_(dlogits.T.float(), h.float())
+                if wants_hidden:
+                    grad_hidden[start : start + CHUNK_ROWS] = dlogits @ weight
+                if wants_weight:
+                    grad_weight.addmm_(dlogits.T.float(), h.float())
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         return loss
@@ -52,4 +57,16 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Σ cross_entropy(hidden @ weight.T, targets) over rows, with the gradients autograd would give."""
+    if not torch.is_grad_enabled():
+        # Evaluation: a Function's forward sees needs_input_grad from requires_grad alone, even under
+        # no_grad, and would compute softmax, dh and dW for nothing (3x the work of the loss).
+        return _chunked_loss(hidden, weight, targets)
     return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets)
+
+
+def _chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], CHUNK_ROWS):
+        logits = (hidden[start : start + CHUNK_ROWS] @ weight.T).float()  # (C, V)
+        loss += F.cross_entropy(logits, targets[start : start + CHUNK_ROWS], reduction="sum")
+    return loss
