@@ -24,6 +24,7 @@ from tqdm import tqdm
 from gptpipe.train import flops
 from gptpipe.data.batches import StepPlan
 from gptpipe.config import LoopConfig
+from gptpipe.errors import UserError
 from gptpipe.train.runtime import Runtime, autocast
 from gptpipe.train.checkpoint import load_checkpoint, save_checkpoint
 from gptpipe.train.optim import build_optimizer, learning_rate, memory_split, theoretical_state_bytes
@@ -145,9 +146,10 @@ def estimate_loss(objective: nn.Module, examples: Sequence, cfg: LoopConfig, run
 
 def _check_divisible(cfg: LoopConfig, runtime: Runtime) -> None:
     if cfg.grad_accum_steps % runtime.world_size:
-        raise ValueError(
+        raise UserError(
             f"batch_size/micro_batch_size = {cfg.grad_accum_steps} micro-batches per step cannot "
-            f"be shared by {runtime.world_size} DDP processes; make it a multiple"
+            f"be shared by {runtime.world_size} DDP processes; make batch_size / micro_batch_size a multiple "
+            f"of {runtime.world_size} in the stage's section of params.yaml"
         )
 
 

@@ -52,9 +52,12 @@ def make_runtime(shared: SharedConfig) -> Runtime:
     """Resolve device, dtype and DDP; under torchrun each process joins the group here."""
     device_type = device_kind(shared.device)
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = torch.device(device_type, int(os.environ.get("LOCAL_RANK", 0))) if device_type == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        # Before NCCL starts: otherwise every rank's communicator lands on GPU 0.
+        torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    device = torch.device(device_type, int(os.environ.get("LOCAL_RANK", 0))) if device_type == "cuda" else torch.device("cpu")
     # MFU is measured against the device kind's peak (flops.default_peak_flops says which card's).
     peak = flops.default_peak_flops(device_type, shared.dtype)
     autocast = torch.bfloat16 if shared.dtype == "bfloat16" else None
