@@ -25,14 +25,10 @@ def unreachable_assets(params: Params) -> list[str]:
         )
     if params.data.source == "dir" and not (Path(params.data.dir) / params.data.division).is_dir():
         problems.append(f"data.dir: {params.data.dir}/{params.data.division} is not a folder")
-    name = params.model.name
-    if params.model.init == "pretrained" and not Path(name).is_dir() and not _hub_has("model", name):
-        hint = f" ({', '.join(HUB_GPT2)} are GPT-2's)" if name not in HUB_GPT2 else ""
-        problems.append(
-            f"model.name={name}: not a local folder and not reachable on the Hugging Face hub{hint}; "
-            "offline, save_pretrained the weights where the hub is reachable and set model.name "
-            "to that absolute folder"
-        )
+    if params.model.init == "pretrained":
+        problems += _unreachable_gpt2("model.name", [params.model.name])
+        # The sweep fine-tunes each size from its weights: a size that cannot load fails hours in.
+        problems += _unreachable_gpt2("scaling.models", [m for m in params.scaling.models if not _is_scratch_shape(m)])
     reward = params.reward
     if reward.backend == "hf" and not Path(reward.name).is_dir() and not _hub_has("model", reward.name):
         problems.append(
@@ -46,6 +42,25 @@ def unreachable_assets(params: Params) -> list[str]:
         if not torch.cuda.is_available():
             problems.append("shared.device=cuda: no CUDA device here; use a GPU machine or device: cpu")
     return problems
+
+
+def _unreachable_gpt2(key: str, names: list[str]) -> list[str]:
+    problems = []
+    for name in names:
+        if Path(name).is_dir() or _hub_has("model", name):
+            continue
+        hint = f" ({', '.join(HUB_GPT2)} are GPT-2's)" if name not in HUB_GPT2 else ""
+        problems.append(
+            f"{key}={name}: not a local folder and not reachable on the Hugging Face hub{hint}; "
+            f"offline, save_pretrained the weights where the hub is reachable and name that absolute "
+            f"folder in {key}"
+        )
+    return problems
+
+
+def _is_scratch_shape(name: str) -> bool:
+    layers, _, width = name.partition("x")
+    return layers.isdigit() and width.isdigit()
 
 
 def _hub_has(kind: str, repo_id: str) -> bool:

@@ -36,3 +36,23 @@ def test_scaling_params_are_checked_before_work():
         parse_params({"scaling": {"models": ["2x32", "2x64"]}})
     with pytest.raises(UserError, match="scaling.models: '2x40'"):
         _scaling_shape("2x40", 16)
+
+
+def test_a_sweep_size_may_be_an_offline_copy_of_hub_weights(tiny_params, tmp_path):
+    from gptpipe.config import ModelConfig
+    from gptpipe.models.gpt2 import build_scratch
+    from gptpipe.preflight import unreachable_assets
+
+    local = tmp_path / "gpt2-copy"
+    build_scratch(ModelConfig(n_layer=2, n_embd=32, n_head=2, n_positions=64), seed=0).save_pretrained(local)
+    shape = _scaling_shape(str(local), head_dim=16)
+    assert (shape.n_layer, shape.n_embd, shape.n_head) == (2, 32, 2)
+    with pytest.raises(UserError, match="no config.json"):
+        _scaling_shape(str(tmp_path / "empty"), head_dim=16)
+    # preflight names every sweep size it cannot load, before any work (offline here: the hub ones)
+    params = tiny_params.model_copy(update={
+        "model": tiny_params.model.model_copy(update={"init": "pretrained", "name": str(local)}),
+        "scaling": tiny_params.scaling.model_copy(update={"models": (str(local), "gpt2-medium", str(tmp_path / "gone"))}),
+    })
+    problems = unreachable_assets(params)
+    assert [p.split(":")[0] for p in problems] == ["scaling.models=gpt2-medium", f"scaling.models={tmp_path / 'gone'}"]

@@ -5,6 +5,8 @@ and fits the isoFLOP profiles.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from gptpipe.config import LoopConfig, ModelConfig, ScalingConfig
 from gptpipe.errors import UserError
 from gptpipe.train.flops import GPT2_SHAPES, ModelShape
@@ -13,13 +15,21 @@ RUN_CHECKPOINTS = 4  # a killed sweep resumes each run from its last quarter or 
 
 
 def scaling_shape(name: str, head_dim: int) -> ModelShape:
+    """A sweep entry's shape: a hub GPT-2 name, an absolute save_pretrained folder (offline copies
+    of the hub's weights), or "<layers>x<width>" built from scratch."""
     if name in GPT2_SHAPES:
         return GPT2_SHAPES[name]
+    if Path(name).is_absolute():
+        if not (Path(name) / "config.json").is_file():
+            raise UserError(f"scaling.models: {name} holds no saved model (no config.json); save_pretrained one there")
+        from transformers import AutoConfig
+
+        return ModelShape.from_config(AutoConfig.from_pretrained(name))
     layers, _, width = name.partition("x")
     if not (layers.isdigit() and width.isdigit()) or int(width) % head_dim:
         raise UserError(
             f"scaling.models: {name!r} is neither <layers>x<width> (width a multiple of "
-            f"scaling.head_dim={head_dim}) nor one of {', '.join(GPT2_SHAPES)}"
+            f"scaling.head_dim={head_dim}), one of {', '.join(GPT2_SHAPES)}, nor an absolute model folder"
         )
     return ModelShape(n_layer=int(layers), n_embd=int(width), n_head=int(width) // head_dim)
 
