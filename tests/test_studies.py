@@ -86,3 +86,18 @@ def test_scaling_points_follow_the_validated_model_section(tmp_path, monkeypatch
     (tmp_path / "params.yaml").write_text("model:\n  init: pretrianed\n")
     with pytest.raises(ParamsError, match="model.init"):  # a typo is an error, not the scratch sizes
         scaling_points()
+
+
+def test_study_learning_rates_follow_train_lr(monkeypatch, tmp_path):
+    # The default (train.lr null) keeps the tuned CPU values; the full preset's 1e-5 scales them all.
+    from gptpipe.studies.definitions import LORA_LR, lora_points, optimizer_points
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("train:\n  lr: null\n")
+    assert {p.label: p.overrides["train.lr"] for p in optimizer_points()}["sgd"] == 0.5
+    assert {p.label: p.overrides["train.lr"] for p in lora_points()} == {
+        **{f"r{r}": LORA_LR for r in (1, 2, 4, 8, 16, 32)}, "full": 1e-3}
+    (tmp_path / "params.yaml").write_text("train:\n  lr: 1.0e-05\n")
+    lrs = {p.label: p.overrides["train.lr"] for p in optimizer_points()}
+    assert lrs["sgd"] == 0.005 and lrs["adamw"] == 1e-5 and lrs["momentum"] == 0.0005
+    assert {p.overrides["train.lr"] for p in lora_points() if p.label != "full"} == {5e-5}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from gptpipe import figures as plots
-from gptpipe.config import load_params
+from gptpipe.config import SftConfig, load_params
 from gptpipe.train.optim import DEFAULT_LR, STATE_COPIES
 from gptpipe.studies.runner import Point, Result, collect, recorded_baseline, run_points, write_record, write_table
 
@@ -27,12 +27,11 @@ MIB = 2**20
 
 OPTIMIZER_ORDER = ("sgd", "momentum", "nesterov", "adam", "adamw", "galore")
 LORA_RANKS = (1, 2, 4, 8, 16, 32)
-# Study learning rates: every point sets train.lr (-S), replacing params.yaml's whatever it says.
-# They suit the embedded default (a 2x128 GPT-2 pretrained here, train.lr null), where full
-# fine-tuning and each optimizer family get what a plain run would (optim.DEFAULT_LR; 1e-3 for
-# AdamW) and LoRA ranks LORA_LR. On hub GPT-2 (the full preset, train.lr 1e-5) they are ~100x
-# too large for full fine-tuning and the optimizer study.
-# TODO: derive them from params.yaml's train.lr (and a LoRA ratio) once a study runs on the full preset.
+# Study learning rates: every point sets train.lr (-S). Each is its value on the embedded default
+# (a 2x128 GPT-2 pretrained here, train.lr null: each optimizer family at optim.DEFAULT_LR, full
+# fine-tuning at AdamW's 1e-3, LoRA ranks at LORA_LR) times lr_scale(): params.yaml's train.lr over
+# AdamW's default, so on the full preset (hub GPT-2, train.lr 1e-5) every point is 100x smaller
+# instead of forgetting or diverging at the CPU default's step sizes.
 # LoRA's adapters start at zero and see only a low-rank slice of the gradient: on the default
 # shape they need a larger step than full fine-tuning's 1e-3 to move in the same number of steps.
 LORA_LR = 5e-3
@@ -48,16 +47,24 @@ class Study:
     target: str = "sft"  # each experiment reproduces up to this stage only
 
 
+def lr_scale(train: SftConfig) -> float:
+    """params.yaml's train.lr against AdamW's default (1 where it is null: the embedded default)."""
+    return (train.lr if train.lr is not None else DEFAULT_LR["adamw"]) / DEFAULT_LR["adamw"]
+
+
+def _study_lr(lr: float) -> float:
+    # three significant digits: 0.5 * (1e-5 / 1e-3) is 0.005, not 0.005000000000000001, in -S
+    return float(f"{lr * lr_scale(load_params('params.yaml').train):.3g}")
+
+
 def optimizer_points() -> list[Point]:
-    # Each family at its own tuned default lr (optim.DEFAULT_LR), stated in the table; it replaces
-    # params.yaml's train.lr (see the note above LORA_LR).
-    return [Point(name, {"train.optimizer": name, "train.lr": DEFAULT_LR[name]}) for name in OPTIMIZER_ORDER]
+    # Each family at its own tuned default lr (optim.DEFAULT_LR), scaled (see the note above LORA_LR).
+    return [Point(name, {"train.optimizer": name, "train.lr": _study_lr(DEFAULT_LR[name])}) for name in OPTIMIZER_ORDER]
 
 
 def lora_points() -> list[Point]:
-    # The lrs replace params.yaml's train.lr (see the note above LORA_LR).
-    points = [Point(f"r{r}", {"train.lora.rank": r, "train.lr": LORA_LR}) for r in LORA_RANKS]
-    return points + [Point("full", {"train.lora.rank": 0, "train.lr": DEFAULT_LR["adamw"]})]
+    points = [Point(f"r{r}", {"train.lora.rank": r, "train.lr": _study_lr(LORA_LR)}) for r in LORA_RANKS]
+    return points + [Point("full", {"train.lora.rank": 0, "train.lr": _study_lr(DEFAULT_LR["adamw"])})]
 
 
 def target_loss(results: list[Result]) -> float:
