@@ -149,7 +149,9 @@ def test_the_hub_judge_runs_through_dvc_to_the_report(project, tiny_classifier):
     # The full study's judge path (reward.backend: hf) with a local classifier of the hub model's
     # class (DeBERTa-v2): every stage after it runs and the report is built.
     result = run(project, "dvc", "exp", "run", "-S", "reward.backend=hf", "-S", f"reward.name={tiny_classifier}")
-    for stage in ("reward", "score", "filter", "sft", "dpo", "judge@base", "judge@sft", "judge@dpo", "evaluate", "report"):
+    # Every stage downstream of the judge reruns. (sft and dpo keep their outputs: with filter.keep
+    # null the subset is every train pair whichever judge scored them, so their inputs are unchanged.)
+    for stage in ("reward", "score", "filter", "judge@base", "judge@sft", "judge@dpo", "evaluate", "report"):
         assert f"Running stage '{stage}'" in result.stdout, stage
     reward = json.loads((project / "metrics/reward.json").read_text())
     assert reward["backend"] == "hf" and 0 <= reward["test_accuracy"] <= 1
