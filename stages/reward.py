@@ -15,7 +15,7 @@ from gptpipe.data.batches import StepPlan, eval_indices, eval_sample, pair_examp
 from gptpipe.data.tokenizer import read_splits
 from gptpipe.entry import run_stage
 from gptpipe.files import write_json, write_tsv
-from gptpipe.models.reward import load_hub_classifier, load_scorer, reward_model_from, save_reward_model
+from gptpipe.models.reward import HFScorer, load_hub_classifier, reward_model_from, save_reward_model
 from gptpipe.train.checkpoint import discard, run_key
 from gptpipe.train.flops import ModelShape
 from gptpipe.train.loop import evaluate, train
@@ -67,8 +67,9 @@ def _fetch_hub_judge(shared: SharedConfig, reward: RewardConfig, raw: Path, out:
     Bradley-Terry loss and pair accuracy on the same fixed samples of train and test pairs."""
     model, tokenizer = load_hub_classifier(reward.name)
     save_reward_model(model, out, {"backend": "hf", "name": reward.name}, tokenizer)
-    # Scored in micro-batches of the section's micro_batch_size pairs' responses.
-    scorer = load_scorer(out, reward.micro_batch_size, inference_device(shared.device), reward.hf_max_length)
+    # The loaded classifier itself (not a second load from `out`), in micro-batches of the section's size.
+    scorer = HFScorer(model, tokenizer, reward.name, reward.micro_batch_size, reward.hf_max_length,
+                      inference_device(shared.device))
     row = {"step": 0, "tokens": 0, "flops": 0.0, "lr": 0.0}
     for split in ("train", "test"):
         pairs = pd.read_parquet(raw / f"{split}.parquet")

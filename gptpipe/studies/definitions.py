@@ -52,19 +52,22 @@ def lr_scale(train: SftConfig) -> float:
     return (train.lr if train.lr is not None else DEFAULT_LR["adamw"]) / DEFAULT_LR["adamw"]
 
 
-def _study_lr(lr: float) -> float:
+def _study_lr(lr: float, scale: float) -> float:
     # three significant digits: 0.5 * (1e-5 / 1e-3) is 0.005, not 0.005000000000000001, in -S
-    return float(f"{lr * lr_scale(load_params('params.yaml').train):.3g}")
+    return float(f"{lr * scale:.3g}")
 
 
 def optimizer_points() -> list[Point]:
     # Each family at its own tuned default lr (optim.DEFAULT_LR), scaled (see the note above LORA_LR).
-    return [Point(name, {"train.optimizer": name, "train.lr": _study_lr(DEFAULT_LR[name])}) for name in OPTIMIZER_ORDER]
+    scale = lr_scale(load_params("params.yaml").train)
+    return [Point(name, {"train.optimizer": name, "train.lr": _study_lr(DEFAULT_LR[name], scale)})
+            for name in OPTIMIZER_ORDER]
 
 
 def lora_points() -> list[Point]:
-    points = [Point(f"r{r}", {"train.lora.rank": r, "train.lr": _study_lr(LORA_LR)}) for r in LORA_RANKS]
-    return points + [Point("full", {"train.lora.rank": 0, "train.lr": _study_lr(DEFAULT_LR["adamw"])})]
+    scale = lr_scale(load_params("params.yaml").train)
+    points = [Point(f"r{r}", {"train.lora.rank": r, "train.lr": _study_lr(LORA_LR, scale)}) for r in LORA_RANKS]
+    return points + [Point("full", {"train.lora.rank": 0, "train.lr": _study_lr(DEFAULT_LR["adamw"], scale)})]
 
 
 def target_loss(results: list[Result]) -> float:
