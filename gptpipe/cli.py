@@ -339,5 +339,22 @@ def bench_sft(
         _fail(err)
 
 
+@bench_app.command("gpu")
+def bench_gpu(
+    tokenized: Annotated[Path, typer.Option(help="A tokenized folder (train.arrow, test.arrow), e.g. of real HH.")] = Path("data/tokenized"),
+    out: Annotated[Path, typer.Option(help="Where each measured row goes, as JSON lines.")] = Path("gpu-profile.jsonl"),
+    only: Annotated[list[str] | None, typer.Option(help="Run the parts whose names start with this (repeatable): ops, throughput, memory, generation.")] = None,
+    quick: Annotated[bool, typer.Option(help="Tiny shapes and a few steps: a check of the code path, on any device.")] = False,
+) -> None:
+    """The full preset's code on a GPU: tokens/s and MFU of SFT and DPO (eager, compiled, bf16, TF32),
+    peak memory per optimizer, LoRA rank and GPT-2 size, generation against transformers' generate."""
+    from gptpipe.train.gpu_profile import run_profile
+
+    for name in ("train", "test"):
+        if not (tokenized / f"{name}.arrow").is_file():
+            _fail(UserError(f"--tokenized: {tokenized / name}.arrow is missing; run `dvc repro tokenize` or name a tokenized folder"))
+    run_profile(tokenized, out, quick=quick, only=only or ())
+
+
 if __name__ == "__main__":
     app()

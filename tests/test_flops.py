@@ -12,6 +12,7 @@ from gptpipe.train.flops import (
     chinchilla_forward_flops,
     chinchilla_training_flops,
     count_params,
+    cuda_peak_flops,
     default_peak_flops,
     flops_6nd,
     mfu,
@@ -310,12 +311,30 @@ def test_mfu_rejects_nonsense(flops_per_s, peak):
         ("cpu", "float32", 2.0e11),
         ("cuda", "bfloat16", 989e12),
         ("cuda", "float16", 989e12),
-        ("cuda", "float32", 67e12),
+        ("cuda", "float32", 495e12),  # no GPU here: the fallback card's (H100) TF32 peak
         ("cuda:1", "torch.bfloat16", 989e12),  # str(torch.device) and str(torch.dtype) spellings
     ],
 )
 def test_default_peak_flops(device_type, dtype, expected):
     assert default_peak_flops(device_type, dtype) == expected
+
+
+@pytest.mark.parametrize(
+    "card,precision,expected",
+    [
+        ("NVIDIA H100 80GB HBM3", "bfloat16", 989e12),
+        ("NVIDIA H100 PCIe", "bfloat16", 756e12),  # not the SXM part's figure
+        ("NVIDIA H200", "float32", 495e12),
+        ("NVIDIA A100-SXM4-80GB", "bfloat16", 312e12),
+        ("NVIDIA L4", "float16", 121e12),
+        ("NVIDIA L40S", "bfloat16", 362e12),  # not L4's
+        ("NVIDIA A10G", "bfloat16", 70e12),  # not A10's
+        ("Tesla T4", "float32", 8.1e12),
+        ("Some Future GPU", "bfloat16", 989e12),
+    ],
+)
+def test_cuda_peak_is_the_named_cards(card, precision, expected):
+    assert cuda_peak_flops(card, precision) == expected
 
 
 def test_default_peak_flops_for_mps_is_a_few_tflops():

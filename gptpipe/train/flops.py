@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 # Kaplan et al. (2020) eq. 2.1 / Chinchilla App. F: the backward pass costs twice the forward
 # (one matmul for the input gradient, one for the weight gradient), so training = 3 x forward.
 TRAINING_TO_FORWARD_RATIO = 3
@@ -233,15 +235,35 @@ def default_peak_flops(device_type: str, dtype: str) -> float:
         # Apple M1 8-core GPU: 2.6 TFLOP/s fp32 (Apple's M1 spec). Apple GPUs run fp16 at
         # about the fp32 rate, so one number for all dtypes; set the peak for bigger M-chips.
         return 2.6e12
-    if precision in _CUDA_LOW_PRECISION:
-        # H100 SXM dense BF16/FP16 tensor-core peak: 989 TFLOP/s (NVIDIA H100 datasheet; the
-        # 1979 figure assumes 2:4 sparsity). H200 has the same compute peak.
-        return 989e12
-    # H100 SXM fp32 on CUDA cores: 67 TFLOP/s. PyTorch keeps fp32 matmuls in true fp32 unless
-    # torch.backends.cuda.matmul.allow_tf32 / set_float32_matmul_precision("high") enable TF32
-    # (495 TFLOP/s dense). Using the TF32 peak for an fp32 run would understate MFU by ~7x
-    # whenever TF32 is off, so pass 495e12 explicitly when TF32 is on.
-    return 67e12
+    return cuda_peak_flops(torch.cuda.get_device_name() if torch.cuda.is_available() else "", precision)
+
+
+# Dense peaks per card (NVIDIA datasheets; the sparse figures are twice these): (bf16/fp16 tensor
+# cores, TF32 tensor cores). fp32 matmuls run as TF32 on CUDA here (runtime.cuda_settings), so TF32 is
+# the fp32 peak. Matched by substring of torch.cuda.get_device_name(), first match wins.
+CUDA_PEAKS = (
+    ("H100 PCIe", 756e12, 378e12),
+    ("H100", 989e12, 495e12),  # SXM and NVL
+    ("H200", 989e12, 495e12),  # the H100's chip, more memory
+    ("GH200", 989e12, 495e12),
+    ("A100", 312e12, 156e12),
+    ("L40S", 362e12, 183e12),
+    ("L4", 121e12, 60e12),
+    ("A10G", 70e12, 35e12),
+    ("A10", 125e12, 62.5e12),
+    ("V100", 125e12, 15.7e12),  # fp16 only (no bf16, no TF32: fp32 is plain fp32)
+    ("T4", 65e12, 8.1e12),  # likewise
+)
+# A card not in the table is measured against the H100's, and its name is in the metrics beside it.
+FALLBACK_CARD = "H100"
+
+
+def cuda_peak_flops(card: str, precision: str) -> float:
+    """The dense peak FLOP/s of the named card at `precision` (bfloat16/float16 or float32)."""
+    for name, low, tf32 in CUDA_PEAKS:
+        if name.lower() in card.lower():
+            return low if precision in _CUDA_LOW_PRECISION else tf32
+    return cuda_peak_flops(FALLBACK_CARD, precision)
 
 
 def _check_seq_len(seq_len: int) -> None:

@@ -22,10 +22,10 @@ from torch import nn
 from tqdm import tqdm
 
 from gptpipe.train import flops
-from gptpipe.data.batches import StepPlan
+from gptpipe.data.batches import StepPlan, pad_width
 from gptpipe.config import LoopConfig
 from gptpipe.errors import UserError
-from gptpipe.train.runtime import Runtime, autocast
+from gptpipe.train.runtime import Runtime, autocast, compile_bodies
 from gptpipe.train.checkpoint import load_checkpoint, save_checkpoint
 from gptpipe.train.optim import build_optimizer, learning_rate, memory_split, theoretical_state_bytes
 
@@ -80,7 +80,7 @@ def train(
             save_checkpoint(checkpoint, objective, optimizer, state)
         # -- the step --
         timer.start()
-        micro_batches = [objective.collate(m) for m in plan.micro_batches(state.step)]
+        micro_batches = [_collate(objective, m, runtime) for m in plan.micro_batches(state.step)]
         step_weight = sum(b.weight for b in micro_batches)  # the loss is a mean over the whole step
         mine = micro_batches[runtime.rank :: runtime.world_size]
         for i, batch in enumerate(mine):
@@ -127,7 +127,7 @@ def evaluate(objective: nn.Module, examples: Sequence, cfg: LoopConfig, runtime:
     sums: dict[str, float] = {"loss": 0.0}
     weight = 0
     for start in range(0, len(examples), cfg.micro_batch_size):
-        batch = objective.collate(examples[start : start + cfg.micro_batch_size])
+        batch = _collate(objective, examples[start : start + cfg.micro_batch_size], runtime)
         with autocast(runtime):
             loss_sum, stats = objective(batch.to(runtime.device))
         for key, value in {"loss": loss_sum, **stats}.items():
@@ -153,21 +153,29 @@ def _check_divisible(cfg: LoopConfig, runtime: Runtime) -> None:
         )
 
 
+# Compiled bodies see widths rounded up to this (see batches.pad_width): one graph for every batch.
+COMPILED_WIDTH_MULTIPLE = 16
+
+
+def _collate(objective: nn.Module, examples: Sequence, runtime: Runtime):
+    batch = objective.collate(examples)
+    return pad_width(batch, COMPILED_WIDTH_MULTIPLE) if runtime.compile else batch
+
+
 def _wrap(objective: nn.Module, runtime: Runtime) -> nn.Module:
     net = objective
     if runtime.world_size > 1:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
     if runtime.compile:
-        net = torch.compile(net)
+        compile_bodies(objective)
     return net
 
 
 def _no_sync(net: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
-    inner = getattr(net, "_orig_mod", net)
-    if sync or not isinstance(inner, nn.parallel.DistributedDataParallel):
+    if sync or not isinstance(net, nn.parallel.DistributedDataParallel):
         return contextlib.nullcontext()
-    return inner.no_sync()
+    return net.no_sync()
 
 
 def _clip(objective: nn.Module, max_norm: float) -> float:
