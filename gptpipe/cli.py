@@ -57,11 +57,17 @@ def repro(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Validate params (and, for a preset, reach its assets), then run `dvc repro`."""
-    from gptpipe.preflight import unreachable_assets
+    from gptpipe.preflight import memory_report, unreachable_assets
+    from gptpipe.train.memory_plan import Card
 
     try:
         merged, text = _apply_preset(params, preset) if preset else (load_params(params), None)
         problems = unreachable_assets(merged)
+        card = Card.current() if merged.shared.device != "cpu" else None
+        plan_lines, memory_problems = memory_report(merged, card)
+        for line in plan_lines:
+            typer.echo(f"memory plan on {card.name}: {line}")
+        problems += memory_problems
         if problems:
             raise UserError("cannot start: " + "; ".join(problems))
     except UserError as err:

@@ -152,6 +152,9 @@ class LoopConfig(Section):
     galore_rank: PositiveInt = 32
     galore_update_every: PositiveInt = 50
     galore_scale: PositiveFloat = 1.0
+    # Keep each transformer block's input only and recompute the block in the backward pass: ~a
+    # third more compute for a fraction of the activation memory (gptpipe.train.memory_plan).
+    activation_checkpointing: bool = False
 
     @model_validator(mode="after")
     def _accumulation_divides(self) -> LoopConfig:

@@ -1,4 +1,5 @@
-"""Before a long run: can the assets the params name be reached? Every problem at once, in one line each.
+"""Before a long run: can the assets the params name be reached, and does each training run fit the
+GPU? Every problem at once, in one line each.
 
 The stages load the same assets with the real code (and fail plainly too); this only makes the
 full study fail in seconds, naming everything missing, instead of an hour in.
@@ -11,6 +12,7 @@ from pathlib import Path
 from gptpipe.config import Params
 from gptpipe.models.gpt2 import HUB_GPT2
 from gptpipe.data.sources import HF_DATASET
+from gptpipe.train.memory_plan import GB, Card, MemoryPlanError, advice, jobs, plan
 
 HUB_TIMEOUT_S = 10
 
@@ -42,6 +44,35 @@ def unreachable_assets(params: Params) -> list[str]:
         if not torch.cuda.is_available():
             problems.append("shared.device=cuda: no CUDA device here; use a GPU machine or device: cpu")
     return problems
+
+
+def memory_report(params: Params, card: Card | None) -> tuple[list[str], list[str]]:
+    """Each training run's planned GPU memory (lines to print) and the runs that do not fit as set
+    (problems, one line each naming the setting that fits). Nothing without a GPU."""
+    if card is None:
+        return [], []
+    lines, problems = [], []
+    if params.shared.dtype == "bfloat16" and not card.bf16:
+        problems.append(
+            f"shared.dtype=bfloat16: {card.name} has no native bf16 (compute capability below 8.0) and "
+            "would emulate it, slowly; set shared.dtype=float32"
+        )
+    for job in jobs(params):
+        try:
+            chosen = plan(job, card)
+        except MemoryPlanError as err:
+            problems.append(str(err))
+            continue
+        checkpointed = ", checkpointed" if chosen.checkpointing else ""
+        lines.append(
+            f"{job.stage:<8} {job.label:<14} micro-batch {chosen.micro_batch_size}{checkpointed}: "
+            f"{chosen.bytes / GB:.1f} of {card.usable_bytes / GB:.1f} GB"
+        )
+        # The sweep plans each size's micro-batch itself when it runs; the other stages run as set.
+        line = advice(chosen, card) if job.stage != "scaling" else None
+        if line:
+            problems.append(line)
+    return lines, problems
 
 
 def _unreachable_gpt2(key: str, names: list[str]) -> list[str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gptpipe.config import ModelConfig, ScalingConfig, SharedConfig, load_params
+from gptpipe.config import LoraConfig, ModelConfig, ScalingConfig, SharedConfig, load_params
 from gptpipe.data.batches import StepPlan, eval_sample, lm_examples
 from gptpipe.data.tokenizer import read_splits
 from gptpipe.entry import run_stage
@@ -18,6 +18,7 @@ from gptpipe.scaling.runs import run_config, scaling_shape, scratch_config
 from gptpipe.train.checkpoint import discard, run_key
 from gptpipe.train.loop import train
 from gptpipe.train.objectives import LanguageModelling
+from gptpipe.train.memory_plan import Card, Job, fitted
 from gptpipe.train.runtime import make_runtime
 
 
@@ -30,11 +31,15 @@ def run(shared: SharedConfig, model: ModelConfig, scaling: ScalingConfig, data_s
     loss_on, responses = ("response", ("chosen",)) if pretrained else ("all", ("chosen", "rejected"))
     data = {split: lm_examples(t, loss_on, responses) for split, t in read_splits(tokenized).items()}
     mean_len = sum(len(e) for e in data["train"]) / len(data["train"])
+    longest = max(len(e) for e in data["train"])
+    card = Card.current() if runtime.device.type == "cuda" else None
     key = run_key("scaling", [shared, model, scaling], [tokenized / "train.arrow", tokenized / "test.arrow"])
     rows, finished = [], []
     for plan in plan_runs(list(shapes), scaling.budgets):
         steps = max(1, round(plan.tokens / (scaling.batch_size * mean_len)))
-        cfg = run_config(scaling, steps)
+        # Each size its own micro-batch on a GPU (one batch_size, more accumulation where it must).
+        job = Job("scaling", plan.label, plan.shape, run_config(scaling, steps), LoraConfig(), shared.dtype, longest)
+        cfg = fitted(job, card)
         net = load_pretrained(shapes[plan.shape]) if pretrained else build_scratch(scratch_config(model, plan.shape), shared.seed)
         state, trained = train(
             LanguageModelling(net), StepPlan(data["train"], cfg.batch_size, cfg.micro_batch_size, shared.seed),

@@ -25,7 +25,7 @@ from gptpipe.train import flops
 from gptpipe.data.batches import StepPlan, pad_width
 from gptpipe.config import LoopConfig
 from gptpipe.errors import UserError
-from gptpipe.train.runtime import Runtime, autocast, compile_bodies
+from gptpipe.train.runtime import Runtime, autocast, checkpoint_bodies, compile_bodies
 from gptpipe.train.checkpoint import load_checkpoint, save_checkpoint
 from gptpipe.train.optim import build_optimizer, learning_rate, memory_split, theoretical_state_bytes
 
@@ -54,6 +54,8 @@ def train(
     _check_divisible(cfg, runtime)
     torch.manual_seed(seed)
     objective.to(runtime.device)
+    if cfg.activation_checkpointing:
+        checkpoint_bodies(objective)
     optimizer = build_optimizer(objective.parameters(), cfg)
     state = RunState()
     load_checkpoint(checkpoint, objective, optimizer, state)

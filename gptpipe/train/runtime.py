@@ -106,3 +106,12 @@ def compile_bodies(module: nn.Module, backend: str | object = "inductor") -> int
     for body in bodies:
         body.compile(backend=backend, dynamic=True)
     return len(bodies)
+
+
+def checkpoint_bodies(module: nn.Module) -> int:
+    """Activation checkpointing in each transformer body inside `module` (transformers' own,
+    non-reentrant: it composes with torch.compile and DDP); returns how many bodies."""
+    bodies = [m for m in module.modules() if isinstance(m, PreTrainedModel) and m.base_model is m]
+    for body in bodies:
+        body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return len(bodies)

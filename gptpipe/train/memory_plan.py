@@ -1,0 +1,228 @@
+"""How much GPU memory each training stage needs, and the micro-batch or checkpointing that fits it.
+
+The model, measured on an H200 with `gptpipe bench gpu` (2026-11-26; GPT-2 124M…1.5B with scratch
+weights, SFT on fixed 512-token sequences, AdamW, bf16 autocast, eager, PyTorch SDPA):
+
+    peak = parameters + optimizer state + bf16 copies of the trainable weights (autocast's cache,
+           2 bytes each) + the LM head's fp32 gradient buffer (gptpipe.train.lm_head)
+         + tokens x layers x (87 * n_embd + 2,900) bytes of activations
+
+The activation term fits the four sizes within 1.2% (70.0 / 91.3 / 114.3 / 142.7 kB per token and
+layer measured, against 69.7 / 92.2 / 114.5 / 142.1). With activation checkpointing the peak moves to
+the end of the backward pass: gradients + 21 * n_embd bytes per token and layer (gpt2-xl, measured).
+fp32 (no autocast) holds 1.32x bf16's activations and no copies (GPT-2 124M on real HH batches).
+Gradients are not in the bf16 peak: they are freed after every step (zero_grad(set_to_none)) and
+appear as the activations are released. Parameters, gradients and optimizer state are counted
+exactly from the model built on the meta device with the real code (LoRA adapters included).
+
+`plan` tries the configured micro-batch, then smaller ones (the same batch, more accumulation), then
+the same with activation checkpointing, and otherwise names what would fit: LoRA, GaLore, a larger card.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from gptpipe.config import LoopConfig, LoraConfig, Params
+from gptpipe.errors import UserError
+from gptpipe.models.lora import add_lora
+from gptpipe.train.flops import ModelShape
+from gptpipe.train.optim import theoretical_state_bytes
+
+ACTIVATION_BYTES_PER_WIDTH = 87  # per token, layer and unit of n_embd (bf16 autocast)
+ACTIVATION_BYTES_BASE = 2_900
+CHECKPOINTED_BYTES_PER_WIDTH = 21
+FP32_ACTIVATION_FACTOR = 1.32
+# What a run may plan to use: the allocator's fragmentation, the CUDA context and cuBLAS workspaces
+# take the rest.
+USABLE_FRACTION = 0.9
+GB = 1e9
+
+
+class MemoryPlanError(UserError):
+    """A stage that fits the card in no setting tried; the message names what would."""
+
+
+@dataclass(frozen=True)
+class Card:
+    name: str
+    total_bytes: int
+    bf16: bool  # native bf16 (compute capability 8.0 and up); older cards emulate it, slowly
+
+    @property
+    def usable_bytes(self) -> int:
+        return int(self.total_bytes * USABLE_FRACTION)
+
+    @classmethod
+    def current(cls) -> Card | None:
+        if not torch.cuda.is_available():
+            return None
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return cls(props.name, props.total_memory, props.major >= 8)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run of a stage: its model, loop settings and batch geometry."""
+
+    stage: str  # the params section that sets it: train, dpo, reward, scaling
+    label: str  # the model, as the user names it (gpt2-xl, 12x768, a folder)
+    shape: ModelShape
+    loop: LoopConfig
+    lora: LoraConfig
+    dtype: str
+    max_length: int  # tokens per sequence, worst case
+    sequences_per_example: int = 1  # 2 for preference pairs (chosen and rejected in one pass)
+    frozen_copy: bool = False  # DPO's live reference without LoRA: a second, frozen model
+
+
+@dataclass(frozen=True)
+class Need:
+    job: Job
+    micro_batch_size: int
+    checkpointing: bool
+    parts: dict[str, int]
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.parts.values())
+
+
+def jobs(params: Params) -> list[Job]:
+    """The training runs `dvc repro` will make with these params, each at its worst-case length."""
+    from gptpipe.scaling.runs import run_config, scaling_shape
+
+    m, dtype, length = params.model, params.shared.dtype, params.tokenize.max_length
+    if m.init == "scratch":
+        label, shape = f"{m.n_layer}x{m.n_embd}", ModelShape(m.n_layer, m.n_embd, m.n_head, n_positions=m.n_positions)
+    else:
+        label, shape = m.name, scaling_shape(m.name, params.scaling.head_dim)
+    found = []
+    if m.init == "scratch":
+        found.append(Job("base", label, shape, params.base, LoraConfig(), dtype, length))
+    found.append(Job("train", label, shape, params.train, params.train.lora, dtype, length))
+    if params.reward.backend == "trained":
+        found.append(Job("reward", label, shape, params.reward, LoraConfig(), dtype, length, 2))
+    dpo = params.dpo
+    found.append(Job("dpo", label, shape, dpo, dpo.lora, dtype, length, 2, dpo.reference == "live" and not dpo.lora.rank))
+    for name in params.scaling.models:
+        sweep = run_config(params.scaling, 1)
+        found.append(Job("scaling", name, scaling_shape(name, params.scaling.head_dim), sweep, LoraConfig(), dtype, length))
+    return found
+
+
+def model_bytes(job: Job) -> dict[str, int]:
+    """Parameters, gradients, optimizer state and bf16 copies, counted on the model built on meta."""
+    config = GPT2Config(
+        vocab_size=job.shape.vocab_size, n_positions=job.shape.n_positions, n_embd=job.shape.n_embd,
+        n_layer=job.shape.n_layer, n_head=job.shape.n_head,
+    )
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(config)
+        add_lora(model, job.lora, 0)
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    n_all, n_trainable = sum(p.numel() for p in params), sum(p.numel() for p in trainable)
+    return {
+        "parameters": 4 * n_all * (2 if job.frozen_copy else 1),  # fp32 master weights
+        "gradients": 4 * n_trainable,
+        "optimizer_state": theoretical_state_bytes(job.loop, trainable),
+        # Autocast's bf16 copy of every weight a matmul reads, kept for the backward pass: cached for
+        # trainable weights, saved by autograd for frozen ones (LoRA: measured 2% under this).
+        "bf16_copies": 2 * n_all if job.dtype == "bfloat16" else 0,
+        # The fused LM head keeps dW in fp32 through the forward pass when the head trains.
+        "lm_head_buffer": 4 * job.shape.vocab_size * job.shape.n_embd if not job.lora.rank else 0,
+    }
+
+
+def need(job: Job, micro_batch_size: int, checkpointing: bool) -> Need:
+    parts = model_bytes(job)
+    tokens = micro_batch_size * job.sequences_per_example * job.max_length
+    d, layers = job.shape.n_embd, job.shape.n_layer
+    if checkpointing:
+        parts["activations"] = tokens * layers * CHECKPOINTED_BYTES_PER_WIDTH * d
+    else:
+        parts["activations"] = tokens * layers * (ACTIVATION_BYTES_PER_WIDTH * d + ACTIVATION_BYTES_BASE)
+        parts["gradients"] = 0  # not held at the peak (see the module's docstring)
+    if job.dtype != "bfloat16":
+        parts["activations"] = int(parts["activations"] * FP32_ACTIVATION_FACTOR)
+    return Need(job, micro_batch_size, checkpointing, parts)
+
+
+def plan(job: Job, card: Card) -> Need:
+    """The configured micro-batch if it fits, else the largest that does (then with checkpointing)."""
+    configured = need(job, job.loop.micro_batch_size, job.loop.activation_checkpointing)
+    if configured.bytes <= card.usable_bytes:
+        return configured
+    # Smaller micro-batches first (the same compute, less parallel), then checkpointing (a third more).
+    for checkpointing in sorted({job.loop.activation_checkpointing, True}):
+        for micro in _divisors(job.loop.batch_size, job.loop.micro_batch_size):
+            candidate = need(job, micro, checkpointing)
+            if candidate.bytes <= card.usable_bytes:
+                return candidate
+    raise MemoryPlanError(_no_fit(job, card, configured))
+
+
+def fitted(job: Job, card: Card | None) -> LoopConfig:
+    """The job's loop with the planned micro-batch and checkpointing on `card` (as set on a CPU)."""
+    if card is None:
+        return job.loop
+    chosen = plan(job, card)
+    update = {"micro_batch_size": chosen.micro_batch_size, "activation_checkpointing": chosen.checkpointing}
+    return job.loop.model_copy(update=update)
+
+
+def advice(chosen: Need, card: Card) -> str | None:
+    """One line telling the user which settings make the job fit, or None when it fits as set."""
+    job = chosen.job
+    if (chosen.micro_batch_size, chosen.checkpointing) == (job.loop.micro_batch_size, job.loop.activation_checkpointing):
+        return None
+    settings = f"{job.stage}.micro_batch_size={chosen.micro_batch_size}"
+    if chosen.checkpointing and not job.loop.activation_checkpointing:
+        settings += f" {job.stage}.activation_checkpointing=true"
+    configured = need(job, job.loop.micro_batch_size, job.loop.activation_checkpointing)
+    return (
+        f"{job.stage}: {_what(job)} needs {configured.bytes / GB:.1f} GB at micro_batch_size "
+        f"{job.loop.micro_batch_size} x {job.max_length} tokens; {card.name} has {card.usable_bytes / GB:.1f} GB "
+        f"usable; set {settings} ({chosen.bytes / GB:.1f} GB, same batch_size {job.loop.batch_size})"
+    )
+
+
+def _no_fit(job: Job, card: Card, configured: Need) -> str:
+    smallest = need(job, 1, True)
+    options = [f"{o} ({trial.bytes / GB:.1f} GB at micro-batch 1, checkpointed)" for o, trial in _lighter(job) if trial.bytes <= card.usable_bytes]
+    if job.stage == "scaling":
+        options.append(f"{job.label} dropped from scaling.models")
+    # No sharding across GPUs here yet (DDP replicates the model): the one other way is a bigger card.
+    options.append(f"a card with {smallest.bytes / USABLE_FRACTION / GB:.0f} GB or more")
+    return (
+        f"{job.stage}: {_what(job)} needs {configured.bytes / GB:.1f} GB as set and still "
+        f"{smallest.bytes / GB:.1f} GB at micro-batch 1 with activation checkpointing; {card.name} has "
+        f"{card.usable_bytes / GB:.1f} GB usable; it fits with {' or '.join(options)}"
+    )
+
+
+def _lighter(job: Job) -> list[tuple[str, Need]]:
+    """The settings of the job's own section that shrink training state: LoRA (SFT and DPO), GaLore."""
+    if job.stage == "scaling":  # the sweep compares full fine-tuning with AdamW: no other setting
+        return []
+    found = []
+    if job.stage in ("train", "dpo") and not job.lora.rank:
+        found.append((f"{job.stage}.lora.rank=16", replace(job, lora=LoraConfig(rank=16), frozen_copy=False)))
+    if job.loop.optimizer != "galore":
+        found.append((f"{job.stage}.optimizer=galore", replace(job, loop=job.loop.model_copy(update={"optimizer": "galore"}))))
+    return [(label, need(changed, 1, True)) for label, changed in found]
+
+
+def _what(job: Job) -> str:
+    tuning = f"LoRA r={job.lora.rank}" if job.lora.rank else "full fine-tuning"
+    return f"{job.label} {tuning} ({job.loop.optimizer}, {job.dtype})"
+
+
+def _divisors(batch: int, micro: int) -> list[int]:
+    """Micro-batch sizes up to `micro` that divide the batch, largest first."""
+    return [m for m in range(micro, 0, -1) if batch % m == 0]
