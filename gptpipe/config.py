@@ -44,6 +44,9 @@ class SharedConfig(Section):
     # bfloat16 means autocast around the forward pass; weights and optimizer state stay fp32.
     dtype: Literal["float32", "bfloat16"] = "float32"
     compile: bool = False
+    # DDP processes for the training stages (base, reward, sft, dpo): above 1, `dvc repro` launches
+    # each under torchrun itself (one process per GPU), so dvc.lock records the run like any other.
+    processes: PositiveInt = 1
 
 
 class SyntheticConfig(Section):
@@ -301,7 +304,25 @@ class ScalingConfig(Section):
             raise ValueError(f"models: {len(self.models)} given; an isoFLOP parabola needs at least 3")
         if len(self.budgets) < 2:
             raise ValueError(f"budgets: {len(self.budgets)} given; a power law over budgets needs 2")
+        scratch = [m for m in self.models if is_scratch_shape(m)]
+        if scratch and len(scratch) < len(self.models):
+            saved = [m for m in self.models if not is_scratch_shape(m)]
+            raise ValueError(
+                f"models: mixes scratch shapes ({', '.join(scratch)}) with saved models ({', '.join(saved)}); "
+                "an isoFLOP sweep compares like with like: list one kind"
+            )
         return self
+
+    @property
+    def fine_tunes(self) -> bool:
+        """Saved weights fine-tuned (only the fine-tuning FLOPs counted), or shapes trained from scratch."""
+        return not is_scratch_shape(self.models[0])
+
+
+def is_scratch_shape(name: str) -> bool:
+    """"<layers>x<width>": a GPT-2 shape trained from scratch (not a hub name or a folder)."""
+    layers, _, width = name.partition("x")
+    return layers.isdigit() and width.isdigit()
 
 
 class Params(Section):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,11 +34,17 @@ def stage_arguments(main: Callable[..., object], argv: Sequence[str]) -> dict[st
     return vars(parser.parse_args(list(argv)))
 
 
-def run_stage(main: Callable[..., object], argv: Sequence[str] | None = None) -> None:
+def run_stage(main: Callable[..., object], argv: Sequence[str] | None = None, distributed: bool = False) -> None:
     """Run a stage; a UserError is one line that also says how to get the last good outputs back:
-    DVC deletes a stage's outputs before running it, and keeps the last good ones in its cache."""
-    arguments = stage_arguments(main, sys.argv[1:] if argv is None else argv)
+    DVC deletes a stage's outputs before running it, and keeps the last good ones in its cache.
+
+    distributed: a training stage; with shared.processes > 1 it runs again under torchrun, one
+    process per rank, from the same command line (what DVC started is what ran)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    arguments = stage_arguments(main, argv)
     stage = _stage_name(main, arguments)
+    if distributed and "LOCAL_RANK" not in os.environ:
+        run_or_exit(lambda: _relaunch_if_distributed(main, argv))
 
     def guarded() -> None:
         try:
@@ -45,6 +53,20 @@ def run_stage(main: Callable[..., object], argv: Sequence[str] | None = None) ->
             raise UserError(f"{err} [the last good outputs: `dvc checkout {stage}`]") from None
 
     run_or_exit(guarded)
+
+
+def _relaunch_if_distributed(main: Callable[..., object], argv: list[str]) -> None:
+    from gptpipe.config import load_params
+
+    processes = load_params("params.yaml").shared.processes
+    if processes == 1:
+        return
+    module = inspect.getmodule(main)
+    name = module.__spec__.name if getattr(module, "__spec__", None) else main.__module__
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", name, *argv]
+    print(f"shared.processes={processes}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
+    sys.exit(subprocess.call(command))
 
 
 def _stage_name(main: Callable[..., object], arguments: dict[str, object]) -> str:

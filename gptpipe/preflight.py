@@ -29,8 +29,8 @@ def unreachable_assets(params: Params) -> list[str]:
         problems.append(f"data.dir: {params.data.dir}/{params.data.division} is not a folder")
     if params.model.init == "pretrained":
         problems += _unreachable_gpt2("model.name", [params.model.name])
-        # The sweep fine-tunes each size from its weights: a size that cannot load fails hours in.
-        problems += _unreachable_gpt2("scaling.models", [m for m in params.scaling.models if not _is_scratch_shape(m)])
+    if params.scaling.fine_tunes:  # each size from its weights: a size that cannot load fails hours in
+        problems += _unreachable_gpt2("scaling.models", list(params.scaling.models))
     reward = params.reward
     if reward.backend == "hf" and not Path(reward.name).is_dir() and not _hub_has("model", reward.name):
         problems.append(
@@ -87,11 +87,6 @@ def _unreachable_gpt2(key: str, names: list[str]) -> list[str]:
             f"folder in {key}"
         )
     return problems
-
-
-def _is_scratch_shape(name: str) -> bool:
-    layers, _, width = name.partition("x")
-    return layers.isdigit() and width.isdigit()
 
 
 def _hub_has(kind: str, repo_id: str) -> bool:

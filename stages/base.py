@@ -62,4 +62,4 @@ def main(tokenized: Path, out: Path, metrics: Path, plots: Path, checkpoints: Pa
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, distributed=True)

@@ -68,4 +68,4 @@ def main(tokenized: Path, sft: Path, out: Path, metrics: Path, plots: Path, chec
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, distributed=True)

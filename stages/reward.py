@@ -94,4 +94,4 @@ def main(tokenized: Path, raw: Path, base: Path, out: Path, metrics: Path, plots
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, distributed=True)

@@ -25,9 +25,10 @@ from gptpipe.train.runtime import make_runtime
 def run(shared: SharedConfig, model: ModelConfig, scaling: ScalingConfig, data_source: str, tokenized: Path,
         out: Path, metrics: Path, checkpoints: Path) -> dict:
     runtime = make_runtime(shared)
-    pretrained = model.init == "pretrained"
+    # Saved weights are fine-tuned on responses; scratch shapes are trained on whole dialogues, so
+    # every FLOP a model has seen is counted (the compute-optimal question needs that).
+    pretrained = scaling.fine_tunes
     shapes = {scaling_shape(name, scaling.head_dim): name for name in scaling.models}
-    # Scratch shapes are pretrained on whole dialogues; hub weights are fine-tuned on responses.
     loss_on, responses = ("response", ("chosen",)) if pretrained else ("all", ("chosen", "rejected"))
     data = {split: lm_examples(t, loss_on, responses) for split, t in read_splits(tokenized).items()}
     mean_len = sum(len(e) for e in data["train"]) / len(data["train"])
@@ -52,8 +53,9 @@ def run(shared: SharedConfig, model: ModelConfig, scaling: ScalingConfig, data_s
                      "tokens": state.tokens, "planned_tokens": plan.tokens, "steps": steps,
                      "flops_counted": state.flops, "test_loss": trained["test_loss"],
                      "tokens_per_s": trained["tokens_per_s"]})
-    regime = (f"full study: {', '.join(scaling.models)} fine-tuned from hub weights" if pretrained else
-              f"embedded default: scratch GPT-2 shapes {', '.join(scaling.models)} pretrained on "
+    study = "embedded default" if data_source == "synthetic" else "full study"
+    regime = (f"{study}: {', '.join(scaling.models)} fine-tuned from saved weights (fine-tuning FLOPs only)" if pretrained else
+              f"{study}: scratch GPT-2 shapes {', '.join(scaling.models)} pretrained on "
               f"{data_source} dialogues, {runtime.device.type.upper()}")
     summary = write_scaling_report(pd.DataFrame(rows), out, regime=regime)
     write_json(metrics, summary)

@@ -51,4 +51,4 @@ def main(subset: Path, tokenized: Path, raw_test: Path, base: Path, out: Path, m
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, distributed=True)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from gptpipe.config import LoopConfig
+from gptpipe.errors import UserError
 from gptpipe.files import atomic_path, clear_stale_temps
 from gptpipe.train import checkpoint
 from gptpipe.train.checkpoint import load_checkpoint, run_key
@@ -31,7 +32,18 @@ def test_a_checkpoint_holding_code_is_refused(tmp_path):
     with open(path, "wb") as handle:
         pickle.dump({"objective": Planted()}, handle)
     model = torch.nn.Linear(2, 2)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(UserError, match=r"ckpt.pt: not a checkpoint this run can resume \(UnpicklingError") as err:
+        load_checkpoint(path, model, torch.optim.SGD(model.parameters(), lr=0.1), RunState())
+    assert "\n" not in str(err.value) and f"rm {path}" in str(err.value)
+    assert path.exists()  # left for the user to look at, never run
+
+
+def test_a_truncated_checkpoint_is_one_line_too(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    model = torch.nn.Linear(2, 2)
+    torch.save({"objective": model.state_dict()}, path)
+    path.write_bytes(path.read_bytes()[:40])  # a kill mid-write without the atomic rename
+    with pytest.raises(UserError, match="not a checkpoint this run can resume"):
         load_checkpoint(path, model, torch.optim.SGD(model.parameters(), lr=0.1), RunState())
 
 

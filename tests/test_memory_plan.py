@@ -47,20 +47,24 @@ def test_the_model_predicts_the_measured_peaks(size, micro, checkpointing, rank,
     assert need(job, micro, checkpointing).bytes == pytest.approx(measured, rel=0.03)
 
 
-def test_a_24gb_card_runs_gpt2_through_the_study_and_stops_at_xl_full_fine_tuning_in_one_line():
+def test_a_24gb_card_runs_the_whole_preset_as_set():
     params = full_preset()
-    planned = {(j.stage, j.label): plan(j, L4) for j in jobs(params) if j.label != "gpt2-xl"}
-    assert planned[("train", "gpt2")].micro_batch_size == 16  # as set: no change needed
+    planned = {(j.stage, j.label): plan(j, L4) for j in jobs(params)}
+    assert planned[("train", "gpt2")].micro_batch_size == 16
     # 16 pairs = 32 sequences of 512 tokens: 15.6 GB (the H200 measured 15.5 GB on real HH batches)
     assert planned[("dpo", "gpt2")].micro_batch_size == 16
-    assert planned[("scaling", "gpt2-large")].micro_batch_size < 16  # the sweep plans it itself
+    assert {label for stage, label in planned if stage == "scaling"} == {"4x256", "6x384", "8x512", "12x768"}
     lines, problems = memory_report(params, L4)
-    assert any(line.startswith("scaling  gpt2-large") for line in lines)
-    xl = [p for p in problems if p.startswith("scaling: gpt2-xl")]
-    assert len(xl) == 1 and "\n" not in xl[0]
-    assert "gpt2-xl dropped from scaling.models" in xl[0] and "a card with 32 GB" in xl[0]  # what fits, named
-    assert "galore" not in xl[0]  # the sweep has no such setting
-    assert problems == xl
+    assert problems == [] and len(lines) == len(planned)
+
+
+def test_a_fine_tuning_sweep_stops_at_gpt2_xl_on_24gb_in_one_line_naming_what_fits():
+    params = full_preset(scaling={"models": ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")})
+    lines, problems = memory_report(params, L4)
+    assert any(line.startswith("scaling  gpt2-large") for line in lines)  # with a smaller micro-batch
+    assert len(problems) == 1 and problems[0].startswith("scaling: gpt2-xl") and "\n" not in problems[0]
+    assert "gpt2-xl dropped from scaling.models" in problems[0] and "a card with 32 GB" in problems[0]
+    assert "galore" not in problems[0]  # the sweep has no such setting
 
 
 def test_a_run_that_fits_only_smaller_is_told_the_setting():

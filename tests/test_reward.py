@@ -107,9 +107,10 @@ def test_hf_backend_scores_text_pairs_like_the_classifier_itself(tiny_params, to
     prompts = ["\n\nHuman: what is the capital of france ?\n\nAssistant:"] * 3 + ["\n\nHuman: 1 2 3\n\nAssistant:"]
     responses = [" paris .", " i am not sure", " a", " 4 5"]
     model, tokenizer = load_hub_classifier(str(tiny_classifier))
+    questions = ["what is the capital of france ?"] * 3 + ["1 2 3"]  # the last turn, markers stripped
     with torch.no_grad():
-        expected = [model.eval()(**tokenizer(p, r, return_tensors="pt")).logits[0, 0].item()
-                    for p, r in zip(prompts, responses)]
+        expected = [model.eval()(**tokenizer(q, r, return_tensors="pt")).logits[0, 0].item()
+                    for q, r in zip(questions, responses)]
     np.testing.assert_allclose(scorer.score(prompts, responses), expected, rtol=1e-4, atol=1e-5)
     score = run_score(params, tokenized.parent / "raw", tmp_path / "reward", tmp_path / "scored",
                       tmp_path / "score.json", tmp_path / "splots")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import random
 import sys
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from pydantic import BaseModel
 from torch import nn
 from tqdm import tqdm
 
+from gptpipe.errors import UserError
 from gptpipe.files import atomic_path
 
 LIBRARY = Path(__file__).resolve().parents[1]  # the gptpipe package: its code is part of the key
@@ -55,7 +57,16 @@ def load_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Opt
     """Resume from `path` if it exists (its name carries the run key)."""
     if not path.exists():
         return False
-    payload = torch.load(path, weights_only=True)
+    try:
+        payload = torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        # Truncated, corrupt, or carrying code (weights_only refuses anything but tensors and
+        # containers): never resumed, never deleted for the user, who may want to look at it.
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+        raise UserError(
+            f"{path}: not a checkpoint this run can resume ({type(err).__name__}: {first}); "
+            f"remove it (rm {path}) and run again to start this stage over"
+        ) from None
     objective.load_state_dict(payload["objective"])
     optimizer.load_state_dict(payload["optimizer"])
     vars(state).update(payload["state"])

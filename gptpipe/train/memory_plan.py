@@ -21,7 +21,6 @@ the same with activation checkpointing, and otherwise names what would fit: LoRA
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import torch
