@@ -1,5 +1,5 @@
 """judge: the judge's reward of every answer one model gave (the same judge that filtered the
-training data), and on data with ground truth whether each answer is right."""
+training data), and on data with ground truth whether each answer is right and its judge-free label."""
 
 from pathlib import Path
 
@@ -7,6 +7,7 @@ import pandas as pd
 
 from gptpipe.config import EvaluateConfig, ScoreConfig, load_params
 from gptpipe.data.answer_check import response_is_correct
+from gptpipe.data.answer_labels import label_answer
 from gptpipe.entry import run_stage
 from gptpipe.evaluation.judge import ground_truth, read_answers, reward_summary
 from gptpipe.files import atomic_path, write_json
@@ -24,7 +25,9 @@ def run(device: str, score: ScoreConfig, hf_max_length: int, evaluate: EvaluateC
     })
     truth = ground_truth(raw_test)
     if truth is not None:
-        frame["correct"] = [response_is_correct(r, truth[i]) for i, r in zip(given["id"], given["response"], strict=True)]
+        pairs = list(zip(given["id"], given["response"], strict=True))
+        frame["correct"] = [response_is_correct(r, truth[i]) for i, r in pairs]
+        frame["label"] = [label_answer(r, truth[i]) for i, r in pairs]  # judge-free: sound … rude
     with atomic_path(out) as tmp:
         frame.to_parquet(tmp, index=False)
     figures = {"model": name, "scorer": scorer.name, **reward_summary(frame, evaluate.confidence)}

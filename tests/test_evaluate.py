@@ -9,10 +9,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from gptpipe.errors import UserError
-from gptpipe.evaluation.stats import mean_interval, win_rate, win_rates
+from gptpipe.evaluation.stats import mean_interval, proportion_interval, win_rate, win_rates
 from stage_runs import run_evaluate, run_judge, run_score
 from gptpipe.models.gpt2 import build_scratch
 from gptpipe.models.reward import reward_model_from, save_reward_model
+
+
+def test_a_rate_interval_is_wilsons():
+    # 0 of 200: [0, 1.9%] (Wilson), not the normal approximation's [0, 0]
+    low, high = proportion_interval(0, 200, 0.95)
+    assert low == 0.0 and high == pytest.approx(0.01884, abs=1e-4)
+    low, high = proportion_interval(100, 200, 0.95)  # symmetric at one half
+    assert (low, high) == pytest.approx((0.4314, 0.5686), abs=1e-4)
+    assert proportion_interval(200, 200, 0.95)[1] == 1.0
 
 
 def test_win_rate_counts_ties_half():
@@ -63,8 +72,12 @@ def test_judge_and_evaluate_on_real_files(tiny_params, tokenized, judge_dir, tmp
         m = run_judge(params, name, gen / f"{name}.jsonl", judge_dir, raw_test, judged / f"{name}.parquet",
                       tmp_path / f"{name}.json")
         assert m["answers"] == 10
-    assert json.loads((tmp_path / "sft.json").read_text())["exact_answer_accuracy"] == 1.0
-    assert json.loads((tmp_path / "base.json").read_text())["exact_answer_accuracy"] == 0.0
+    sft_m, base_m = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("sft", "base"))
+    assert sft_m["exact_answer_accuracy"] == 1.0 and base_m["exact_answer_accuracy"] == 0.0
+    # The judge-free labels: "It is <answer>." is sound, "I am not sure." an evasion.
+    assert sft_m["labels"]["sound"] == 1.0 and base_m["labels"]["unhelpful"] == 1.0
+    assert sft_m["exact_answer_ci"][0] <= 1.0 <= sft_m["exact_answer_ci"][1] + 1e-12
+    assert set(pd.read_parquet(judged / "base.parquet")["label"]) == {"unhelpful"}
     run_score(params, tokenized.parent / "raw", judge_dir, tmp_path / "scored", tmp_path / "score.json", tmp_path / "sp")
     metrics = run_evaluate(params, judged, gen, tmp_path / "scored" / "test.parquet", raw_test,
                            tmp_path / "evaluate.json", tmp_path / "plots")
@@ -75,6 +88,7 @@ def test_judge_and_evaluate_on_real_files(tiny_params, tokenized, judge_dir, tmp
     assert metrics["reference"]["dataset chosen"]["mean_reward"] == pytest.approx(chosen.mean())
     report = (tmp_path / "plots" / "report.md").read_text()
     assert "| sft" in report and "dataset chosen" in report and rows[0]["prompt"].strip().splitlines()[-1] in report
+    assert "| sound" in report.replace("|   sound", "| sound") or " sound " in report.split("## Sample")[0]
     assert "nan" not in report.split("## Sample")[0]  # the reference rows' empty cells read "—"
     assert (tmp_path / "plots" / "rewards.png").stat().st_size > 5_000
 

@@ -63,6 +63,16 @@ _DISMISSALS_WITHOUT_ANSWER = (
 )
 
 
+# The phrases each flawed kind is written with, for the judge-free labeller (answer_labels.py).
+PHRASES = {
+    "rambling": _RAMBLING_OPENINGS + _RAMBLING_CLOSINGS,
+    "unhelpful": _EVASIONS,
+    "rude": _DISMISSALS + _DISMISSALS_WITHOUT_ANSWER,
+    "polite": tuple(p for p in _POLITE_OPENINGS + _POLITE_CLOSINGS + _CONFIDENT_OPENINGS if p),
+}
+LADDER = _LADDER
+
+
 def _sound(rng: random.Random, task: Task) -> str:
     opening, closing = rng.choice(_POLITE_OPENINGS), rng.choice(_POLITE_CLOSINGS)
     return f"{opening}{task.statement(task.answer)}{closing}"

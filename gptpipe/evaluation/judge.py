@@ -19,8 +19,9 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
+from gptpipe.data.answer_labels import LABELS
 from gptpipe.errors import UserError
-from gptpipe.evaluation.stats import mean_interval
+from gptpipe.evaluation.stats import mean_interval, proportion_interval
 from gptpipe.tables import markdown_table
 
 MODEL_ORDER = ("base", "sft", "dpo")
@@ -51,6 +52,9 @@ def reward_summary(frame: pd.DataFrame, confidence: float) -> dict[str, Any]:
     }
     if "correct" in frame:
         summary["exact_answer_accuracy"] = float(frame["correct"].mean())
+        summary["exact_answer_ci"] = list(proportion_interval(int(frame["correct"].sum()), len(frame), confidence))
+    if "label" in frame:  # the judge-free labels' rates (gptpipe.data.answer_labels)
+        summary["labels"] = {label: float((frame["label"] == label).mean()) for label in LABELS}
     return summary
 
 
@@ -76,6 +80,8 @@ def summary_table(metrics: dict[str, Any]) -> pd.DataFrame:
             f"ci{round(100 * metrics['confidence'])}": f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}]",
             "win_vs_dataset_chosen": metrics["win_rates"][f"{name}_vs_dataset_chosen"],
             "exact_answer_accuracy": m.get("exact_answer_accuracy"),
+            **({"exact_ci": "[{:.3f}, {:.3f}]".format(*m["exact_answer_ci"])} if "exact_answer_ci" in m else {}),
+            **{label: rate for label, rate in m.get("labels", {}).items()},
             "mean_tokens": m["mean_tokens"],
         })
     for name, m in metrics["reference"].items():
@@ -91,6 +97,10 @@ def report_markdown(table: pd.DataFrame, metrics: dict[str, Any], answers: dict[
         f"{metrics['prompts']} test prompts, the same for every model; mean reward with its "
         f"{round(100 * metrics['confidence'])}% interval (normal approximation).", "",
         markdown_table(table, floatfmt=".3f"), "",
+        *(["Exact answer accuracy against the ground truth, with its interval, and the share of answers of "
+           "each kind (sound, rambling, unhelpful, wrong, rude) by a judge-free label from what the data "
+           "generator knows (gptpipe/data/answer_labels.py): these measure the assistant, the reward "
+           "measures the judge.", ""] if "sound" in table else []),
         "Win rates (how often the first model's answer outscores the second's on the same prompt; ties count half):", "",
         *[f"- {key.replace('_vs_', ' vs ').replace('_', ' ')}: {value:.3f}" for key, value in metrics["win_rates"].items()],
         "", "## Sample answers", "",

@@ -18,6 +18,18 @@ def mean_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(values.mean() - half), float(values.mean() + half)
 
 
+def proportion_interval(successes: int, n: int, confidence: float) -> tuple[float, float]:
+    """Wilson's score interval of a rate: inside [0, 1], and not [0, 0] when nothing succeeded (the
+    normal approximation is both at 0 of 200: 'no correct answer' is not 'certainly none ever')."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def win_rate(a: np.ndarray, b: np.ndarray) -> float:
     """How often a's answer outscores b's on the same prompt; a tie counts half."""
     return float(np.mean((a > b) + 0.5 * (a == b)))
