@@ -11,7 +11,9 @@ from gptpipe import figures as plots
 from gptpipe.config import EvaluateConfig, load_params
 from gptpipe.entry import run_stage
 from gptpipe.errors import UserError
-from gptpipe.evaluation.judge import load_judged, read_answers, report_markdown, reward_summary, summary_table
+from gptpipe.evaluation.judge import (
+    judge_free_verdicts, load_judged, read_answers, report_markdown, reward_summary, summary_table,
+)
 from gptpipe.evaluation.stats import mean_interval, win_rates
 from gptpipe.files import atomic_path, write_json
 
@@ -33,6 +35,8 @@ def run(models: tuple[str, ...], evaluate: EvaluateConfig, judged: Path, generat
         "reference": {name: {"mean_reward": float(v.mean()), **dict(zip(("ci_low", "ci_high"), mean_interval(v, confidence)))}
                       for name, v in references.items()},
         "win_rates": win_rates(rewards, references["dataset chosen"]),
+        # What the ground truth says, beside the judge's win rates: the verdicts to believe.
+        "judge_free_verdicts": judge_free_verdicts(frames, confidence),
     }
     table = summary_table(figures)
     plots.reward_distributions({**rewards, **references}, plots_dir / "rewards.png",

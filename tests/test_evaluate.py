@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from gptpipe.errors import UserError
-from gptpipe.evaluation.stats import mean_interval, proportion_interval, win_rate, win_rates
+from gptpipe.evaluation.stats import mean_interval, paired_difference, proportion_interval, win_rate, win_rates
 from stage_runs import run_evaluate, run_judge, run_score
 from gptpipe.models.gpt2 import build_scratch
 from gptpipe.models.reward import reward_model_from, save_reward_model
@@ -22,6 +22,24 @@ def test_a_rate_interval_is_wilsons():
     low, high = proportion_interval(100, 200, 0.95)  # symmetric at one half
     assert (low, high) == pytest.approx((0.4314, 0.5686), abs=1e-4)
     assert proportion_interval(200, 200, 0.95)[1] == 1.0
+
+
+def test_a_paired_difference_inside_its_interval_is_no_difference():
+    rng = np.random.default_rng(0)
+    earlier = rng.random(200) < 0.3
+    clearly = earlier | (rng.random(200) < 0.5)  # many more right, on the same prompts
+    v = paired_difference(clearly, earlier, 0.95)
+    assert v["verdict"] == "higher" and v["ci_low"] > 0 and v["difference"] == pytest.approx(clearly.mean() - earlier.mean())
+    assert paired_difference(earlier, clearly, 0.95)["verdict"] == "lower"
+    noise = earlier.copy()
+    noise[:3] = ~noise[:3]  # 3 prompts differ: too few to tell, whatever the interval says
+    assert paired_difference(noise, earlier, 0.95)["verdict"] == "no difference"
+    same = paired_difference(earlier, earlier, 0.95)
+    assert same["verdict"] == "no difference" and same["discordant"] == 0
+    swapped = earlier.copy()  # 40 up, 40 down: a wide interval around 0
+    up, down = np.flatnonzero(~earlier)[:40], np.flatnonzero(earlier)[:40]
+    swapped[up], swapped[down] = True, False
+    assert paired_difference(swapped, earlier, 0.95)["verdict"] == "no difference"
 
 
 def test_win_rate_counts_ties_half():
@@ -88,6 +106,9 @@ def test_judge_and_evaluate_on_real_files(tiny_params, tokenized, judge_dir, tmp
     assert metrics["reference"]["dataset chosen"]["mean_reward"] == pytest.approx(chosen.mean())
     report = (tmp_path / "plots" / "report.md").read_text()
     assert "| sft" in report and "dataset chosen" in report and rows[0]["prompt"].strip().splitlines()[-1] in report
+    verdicts = metrics["judge_free_verdicts"]["sft_vs_base"]
+    assert verdicts["exact accuracy"]["difference"] == 1.0 and verdicts["exact accuracy"]["verdict"] == "higher"
+    assert "sft vs base, exact accuracy: +100.0 points" in report and "**sft is higher**" in report
     assert "| sound" in report.replace("|   sound", "| sound") or " sound " in report.split("## Sample")[0]
     assert "nan" not in report.split("## Sample")[0]  # the reference rows' empty cells read "—"
     assert (tmp_path / "plots" / "rewards.png").stat().st_size > 5_000

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from gptpipe.data.answer_labels import LABELS
 from gptpipe.errors import UserError
-from gptpipe.evaluation.stats import mean_interval, proportion_interval
+from gptpipe.evaluation.stats import MIN_DISCORDANT, mean_interval, paired_difference, proportion_interval
 from gptpipe.tables import markdown_table
 
 MODEL_ORDER = ("base", "sft", "dpo")
@@ -72,6 +72,35 @@ def load_judged(judged: Path, names) -> dict[str, pd.DataFrame]:
     return frames
 
 
+def judge_free_verdicts(frames: dict[str, pd.DataFrame], confidence: float) -> dict[str, dict[str, Any]]:
+    """Each later model against each earlier one (sft vs base, dpo vs sft, dpo vs base) on exact
+    accuracy and the sound-answer rate, paired by prompt: the verdicts the ground truth supports."""
+    if not all("label" in f for f in frames.values()):
+        return {}
+    outcomes = {name: {"exact accuracy": f["correct"].to_numpy(), "sound-answer rate": (f["label"] == "sound").to_numpy()}
+                for name, f in frames.items()}
+    names = list(frames)
+    return {
+        f"{later}_vs_{earlier}": {measure: paired_difference(outcomes[later][measure], values, confidence)
+                                  for measure, values in outcomes[earlier].items()}
+        for i, earlier in enumerate(names) for later in names[i + 1 :]
+    }
+
+
+def _verdict_lines(verdicts: dict[str, dict[str, Any]], confidence: float) -> list[str]:
+    if not verdicts:
+        return []
+    lines = [f"Judge-free verdicts (paired by prompt, {round(100 * confidence)}% interval of the difference; "
+             f"fewer than {MIN_DISCORDANT} prompts answered differently, or an interval holding 0, is no difference):", ""]
+    for pair, measures in verdicts.items():
+        later, earlier = pair.split("_vs_")
+        for measure, v in measures.items():
+            said = {"higher": f"{later} is higher", "lower": f"{later} is lower"}.get(v["verdict"], "no difference")
+            lines.append(f"- {later} vs {earlier}, {measure}: {100 * v['difference']:+.1f} points "
+                         f"[{100 * v['ci_low']:+.1f}, {100 * v['ci_high']:+.1f}], {v['discordant']} prompts differ: **{said}**")
+    return lines + [""]
+
+
 def summary_table(metrics: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for name, m in metrics["models"].items():
@@ -101,6 +130,7 @@ def report_markdown(table: pd.DataFrame, metrics: dict[str, Any], answers: dict[
            "each kind (sound, rambling, unhelpful, wrong, rude) by a judge-free label from what the data "
            "generator knows (gptpipe/data/answer_labels.py): these measure the assistant, the reward "
            "measures the judge.", ""] if "sound" in table else []),
+        *_verdict_lines(metrics.get("judge_free_verdicts", {}), metrics["confidence"]),
         "Win rates (how often the first model's answer outscores the second's on the same prompt; ties count half):", "",
         *[f"- {key.replace('_vs_', ' vs ').replace('_', ' ')}: {value:.3f}" for key, value in metrics["win_rates"].items()],
         "", "## Sample answers", "",

@@ -30,6 +30,28 @@ def proportion_interval(successes: int, n: int, confidence: float) -> tuple[floa
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def paired_difference(later: np.ndarray, earlier: np.ndarray, confidence: float) -> dict[str, float | int | str]:
+    """mean(later - earlier) over the same prompts (0/1 outcomes: a difference of rates), its normal-
+    approximation interval on the per-prompt differences, and the verdict it supports.
+
+    The verdict is "no difference" when the interval holds 0, or when fewer than MIN_DISCORDANT prompts
+    were answered differently: with so few, the interval's normal approximation means nothing (at 0
+    differing prompts it is [0, 0], which would claim certainty).
+    """
+    d = later.astype(float) - earlier.astype(float)
+    discordant = int(np.count_nonzero(d))
+    low, high = mean_interval(d, confidence)
+    if discordant < MIN_DISCORDANT or low <= 0 <= high:
+        verdict = "no difference"
+    else:
+        verdict = "higher" if low > 0 else "lower"
+    return {"difference": float(d.mean()), "ci_low": low, "ci_high": high, "discordant": discordant, "verdict": verdict}
+
+
+# Prompts answered differently below which a paired difference of rates is "no difference".
+MIN_DISCORDANT = 10
+
+
 def win_rate(a: np.ndarray, b: np.ndarray) -> float:
     """How often a's answer outscores b's on the same prompt; a tie counts half."""
     return float(np.mean((a > b) + 0.5 * (a == b)))
