@@ -1,5 +1,8 @@
 """shared.compile: the transformer body is compiled once for every batch shape, the losses stay eager."""
 
+import math
+
+import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
@@ -74,3 +77,25 @@ def test_the_loop_pads_only_compiled_runs(tiny_params, tokenized, tmp_path, monk
     compiled = Runtime(torch.device("cpu"), None, True, 1.0)
     assert loop._collate(objective, _examples([20, 37]), compiled).input_ids.shape[1] == 48
     assert seen == [loop.COMPILED_WIDTH_MULTIPLE]
+
+
+def test_bf16_autocast_losses_are_fp32_within_bf16_rounding():
+    # The full preset's precision (the rehearsal runs fp32 to fit CI: bf16 is emulated on these CPUs).
+    model = build_scratch(SHAPE, 0).eval()
+    batch = collate(_examples([20, 37, 9]))
+    objective = LanguageModelling(model)
+    want = objective(batch)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = objective(batch)[0]
+    assert got.dtype == torch.float32 and torch.isfinite(got)
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=0)
+    g = torch.Generator().manual_seed(1)
+    pairs = [PairExample(*(torch.randint(0, 50257, (n,), generator=g).tolist() for n in lens)) for lens in ((5, 7, 3), (11, 2, 9))]
+    dpo = DirectPreference(model, beta=0.1, reference="live")
+    pair_batch = collate_pairs(pairs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, stats = dpo(pair_batch)
+    loss.backward()
+    # policy = reference at init: every margin 0, the loss log 2 per pair, in bf16 as in fp32
+    assert loss.item() == pytest.approx(2 * math.log(2), rel=1e-3)
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())

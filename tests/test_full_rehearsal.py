@@ -1,9 +1,10 @@
 """The full preset rehearsed end to end, as a user without the hub runs it: `gptpipe preset full`,
 the hub assets swapped for local copies of the same classes (GPT-2 `save_pretrained` folders, a
 DeBERTa-v2 judge), the real HH split in ../shared, then `gptpipe repro` through every stage to the
-report. Shrunk for CI (tiny shapes, two steps a stage, no torch.compile: tests/test_compile.py and
-`gptpipe bench gpu` cover it); everything else is the preset's: bf16 autocast, pretrained init,
-the hub judge's backend, the sweep of scratch shapes."""
+report. Shrunk for CI: tiny shapes, two steps a stage, fp32 and no torch.compile (bf16 is emulated
+on these CPUs, ~6x slower; tests/test_compile.py checks bf16 losses and compiled graphs, and
+`gptpipe bench gpu` measures both on a GPU). Everything else is the preset's: pretrained init, the
+hub judge's backend, the sweep of scratch shapes."""
 
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ def _gpt2_folder(root: Path, n_layer: int, n_embd: int) -> str:
 
 def _stand_ins(params: dict, models: Path, judge: Path) -> dict:
     params["data"].update(source="dir", dir=str(HH), division="harmless-base", max_pairs=48)
-    params["tokenize"]["max_length"] = 128  # bf16 is emulated on these CPUs, ~6x slower than fp32
-    params["shared"].update(device="cpu", compile=False)
+    params["tokenize"]["max_length"] = 128
+    params["shared"].update(device="cpu", compile=False, dtype="float32")
     params["model"]["name"] = _gpt2_folder(models, 1, 32)
     for section in ("train", "dpo"):
         params[section].update(STEPS)

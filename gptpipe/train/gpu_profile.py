@@ -311,7 +311,7 @@ def _free(*objects) -> None:
 # -- the whole profile ------------------------------------------------------------------------------
 
 
-def plan(quick: bool) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
+def plan(tokenized: Path, quick: bool) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
     """The profile's parts, cheapest and most wanted first (a run cut short keeps what it measured).
     quick: tiny shapes and a few steps, for a CPU check of the code path."""
     gpu = not quick
@@ -327,10 +327,10 @@ def plan(quick: bool) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
         parts.append((name, fn))
 
     for name, shared in (("fp32", fp32), ("bf16", bf16)):
-        add(f"ops {name}", lambda c=shared: op_profile(TOKENIZED, c, size, batch, 3, min(warmup, 5)))
-    add("throughput sft fp32", lambda: throughput("sft", TOKENIZED, fp32, size, batch, steps, warmup))
+        add(f"ops {name}", lambda c=shared: op_profile(tokenized, c, size, batch, 3, min(warmup, 5)))
+    add("throughput sft fp32", lambda: throughput("sft", tokenized, fp32, size, batch, steps, warmup))
     for kind in ("sft", "dpo"):
-        add(f"throughput {kind} eager", lambda k=kind: throughput(k, TOKENIZED, bf16, size, batch, steps, warmup))
+        add(f"throughput {kind} eager", lambda k=kind: throughput(k, tokenized, bf16, size, batch, steps, warmup))
     for optimizer in OPTIMIZERS:
         add(f"memory {optimizer}", lambda o=optimizer: memory_row(bf16, size, o, width=width))
     for rank in LORA_RANKS:
@@ -338,26 +338,21 @@ def plan(quick: bool) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
     for name in big:
         add(f"memory {name}", lambda n=name: memory_row(bf16, n, "adamw", batch=4, width=width))
     add(f"memory {big[-1]} checkpointing", lambda: memory_row(bf16, big[-1], "adamw", batch=4, width=width, checkpointing=True))
-    add("generation", lambda: generation(TOKENIZED, fp32, size, 256 if gpu else 6, 64 if gpu else 3, 128 if gpu else 5))
+    add("generation", lambda: generation(tokenized, fp32, size, 256 if gpu else 6, 64 if gpu else 3, 128 if gpu else 5))
     for kind in ("sft", "dpo"):
-        add(f"throughput {kind} compiled", lambda k=kind: throughput(k, TOKENIZED, compiled, size, batch, steps, warmup))
+        add(f"throughput {kind} compiled", lambda k=kind: throughput(k, tokenized, compiled, size, batch, steps, warmup))
     if gpu:
-        add("throughput sft compiled gpt2-medium", lambda: throughput("sft", TOKENIZED, compiled, "gpt2-medium", batch, steps, warmup))
+        add("throughput sft compiled gpt2-medium", lambda: throughput("sft", tokenized, compiled, "gpt2-medium", batch, steps, warmup))
     return parts
-
-
-TOKENIZED = Path("data/tokenized")
 
 
 def run_profile(tokenized: Path, out: Path, quick: bool = False, only: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Every part in turn (or those whose names start with one of `only`), each row appended to
     `out` (JSON lines) as soon as it is measured."""
-    global TOKENIZED
-    TOKENIZED = tokenized
     rows = []
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("")
-    for name, part in plan(quick):
+    for name, part in plan(tokenized, quick):
         if only and not any(name.startswith(prefix) for prefix in only):
             continue
         started = time.perf_counter()
