@@ -20,10 +20,7 @@ from gptpipe.errors import UserError, run_or_exit
 
 def stage_arguments(main: Callable[..., object], argv: Sequence[str]) -> dict[str, object]:
     """Parse argv against main's keyword parameters; every parameter without a default is required."""
-    module = inspect.getmodule(main)
-    spec = getattr(module, "__spec__", None)  # run with -m, the module is __main__ but its spec has the name
-    name = spec.name if spec else main.__module__
-    parser = argparse.ArgumentParser(prog=f"python -m {name}", description=inspect.getdoc(module))
+    parser = argparse.ArgumentParser(prog=f"python -m {_module_name(main)}", description=inspect.getdoc(inspect.getmodule(main)))
     for name, parameter in inspect.signature(main).parameters.items():
         kind = Path if parameter.annotation in (Path, "Path") else str
         required = parameter.default is inspect.Parameter.empty
@@ -61,17 +58,19 @@ def _relaunch_if_distributed(main: Callable[..., object], argv: list[str]) -> No
     processes = load_params("params.yaml").shared.processes
     if processes == 1:
         return
-    module = inspect.getmodule(main)
-    name = module.__spec__.name if getattr(module, "__spec__", None) else main.__module__
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", name, *argv]
+               "-m", _module_name(main), *argv]
     print(f"shared.processes={processes}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
     sys.exit(subprocess.call(command))
 
 
+def _module_name(main: Callable[..., object]) -> str:
+    """stages.sft, also when run with -m (the module is then __main__, but its spec has the name)."""
+    spec = getattr(inspect.getmodule(main), "__spec__", None)
+    return spec.name if spec else main.__module__
+
+
 def _stage_name(main: Callable[..., object], arguments: dict[str, object]) -> str:
-    module = inspect.getmodule(main)
-    spec = getattr(module, "__spec__", None)
-    name = (spec.name if spec else main.__module__).rpartition(".")[2]
+    name = _module_name(main).rpartition(".")[2]
     # foreach stages (generate@sft) take the item as --name
     return f"{name}@{arguments['name']}" if "name" in arguments else name

@@ -9,8 +9,6 @@ hub judge's backend, the sweep of scratch shapes."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ import torch
 import yaml
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from test_pipeline import ALL_STAGES, REPO, run
+from test_pipeline import ALL_STAGES, REPO, copy_tracked, run
 
 HH = REPO.parent / "shared" / "data" / "hh-rlhf"
 
@@ -52,11 +50,7 @@ def _stand_ins(params: dict, models: Path, judge: Path) -> dict:
 @pytest.mark.skipif(not HH.is_dir(), reason="the real HH split beside the checkout (../shared) is absent")
 def test_the_full_preset_runs_to_the_report_with_local_stand_ins(tmp_path_factory, tiny_classifier):
     root = tmp_path_factory.mktemp("full")
-    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for name in tracked:
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
+    copy_tracked(root)
     run(root, "git", "init", "-q", "-b", "main")
     run(root, "gptpipe", "preset", "full")
     preset = yaml.safe_load((root / "params.yaml").read_text())

@@ -37,6 +37,15 @@ def run(project: Path, *cmd: str, ok: bool = True) -> subprocess.CompletedProces
     return result
 
 
+def copy_tracked(root: Path) -> None:
+    """This project's tracked files (as a fresh clone has them, without git history) under root."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in tracked:
+        if (REPO / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+
+
 def _merge(base: dict, overlay: dict) -> dict:
     out = dict(base)
     for key, value in overlay.items():
@@ -48,11 +57,7 @@ def _merge(base: dict, overlay: dict) -> dict:
 def project(tmp_path_factory) -> Path:
     """This project's tracked files in a fresh git repo, with the tiny params, after `dvc repro`."""
     root = tmp_path_factory.mktemp("project")
-    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for name in tracked:
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
+    copy_tracked(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     (root / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
     run(root, "git", "init", "-q", "-b", "main")

@@ -7,15 +7,13 @@ that break first when an install drifts (a tokenizer, a generator, a kernel or a
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from stage_runs import run_base
-from test_pipeline import run
+from test_pipeline import copy_tracked, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,11 +24,7 @@ def _outs(lock: dict, stage: str) -> dict[str, str]:
 
 
 def test_the_data_stages_reproduce_the_committed_lock(tmp_path):
-    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for name in tracked:
-        if (REPO / name).is_file():
-            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, tmp_path / name)
+    copy_tracked(tmp_path)
     run(tmp_path, "git", "init", "-q", "-b", "main")
     run(tmp_path, "git", "add", "-A")
     run(tmp_path, "git", "commit", "-qm", "fresh clone")

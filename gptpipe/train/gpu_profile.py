@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from gptpipe.config import LoopConfig, LoraConfig, ModelConfig, SharedConfig
-from gptpipe.data.batches import LMExample, PairExample, StepPlan, lm_examples, pair_examples
+from gptpipe.data.batches import LMExample, StepPlan, lm_examples, pair_examples
 from gptpipe.data.tokenizer import EOT_ID, read_arrow
 from gptpipe.evaluation.generate import Sampling, generate
 from gptpipe.models.gpt2 import build_scratch
@@ -40,8 +40,6 @@ from gptpipe.train.loop import train
 from gptpipe.train.objectives import LanguageModelling
 from gptpipe.train.runtime import Runtime, make_runtime
 
-# GPT-2's four sizes: (layers, width, heads).
-SIZES = {"gpt2": (12, 768, 12), "gpt2-medium": (24, 1024, 16), "gpt2-large": (36, 1280, 20), "gpt2-xl": (48, 1600, 25)}
 NEVER = 10**9  # eval_every / checkpoint_every beyond any profile run
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "galore")
 LORA_RANKS = (1, 8, 64)
@@ -49,8 +47,9 @@ LORA_RANKS = (1, 8, 64)
 
 def model_config(size: str) -> ModelConfig:
     """A GPT-2 size by name, or "LxW" (layers x width, heads of 16: the tests' tiny models)."""
-    if size in SIZES:
-        n_layer, n_embd, n_head = SIZES[size]
+    if size in flops.GPT2_SHAPES:
+        shape = flops.GPT2_SHAPES[size]
+        n_layer, n_embd, n_head = shape.n_layer, shape.n_embd, shape.n_head
     else:
         n_layer, n_embd = (int(v) for v in size.split("x"))
         n_head = max(1, n_embd // 16)
@@ -58,44 +57,33 @@ def model_config(size: str) -> ModelConfig:
 
 
 class TimedPlan(StepPlan):
-    """A StepPlan that notes when each step starts and the FLOPs of the step it hands out."""
+    """A StepPlan that notes when each step starts, and the step it handed out (counted afterwards,
+    outside the timed steps)."""
 
-    def __init__(self, examples, cfg: LoopConfig, seed: int, device: torch.device, count: Callable[[list], float]):
+    def __init__(self, examples, cfg: LoopConfig, seed: int, device: torch.device):
         super().__init__(examples, cfg.batch_size, cfg.micro_batch_size, seed)
-        self.device, self.count = device, count
+        self.device = device
         self.starts: list[float] = []
-        self.tokens: list[int] = []
-        self.flops: list[float] = []
+        self.handed: list[list[list]] = []
 
     def micro_batches(self, step: int) -> list[list]:
         self.starts.append(_now(self.device))
         micro = super().micro_batches(step)
-        self.tokens.append(sum(sum(len(s) for s in _sequences(m)) for m in micro))
-        self.flops.append(sum(self.count(m) for m in micro))
+        self.handed.append(micro)
         return micro
 
-
-def _sequences(micro: list) -> list[list[int]]:
-    if micro and isinstance(micro[0], PairExample):
-        return [e.prompt + e.chosen for e in micro] + [e.prompt + e.rejected for e in micro]
-    return [e.ids for e in micro]
-
-
-def _lm_flops(shape: flops.ModelShape) -> Callable[[list[LMExample]], float]:
-    return lambda micro: flops.step_flops(shape, [len(e) for e in micro], sum(e.n_targets for e in micro))
+    def work(self, steps: range, collate: Callable, shape: flops.ModelShape) -> tuple[int, float]:
+        """(real tokens, model FLOPs) of the given steps, counted as train() counts them."""
+        batches = [collate(m) for step in steps for m in self.handed[step]]
+        return (sum(b.n_tokens for b in batches),
+                sum(flops.step_flops(shape, b.seq_lens, b.head_positions) for b in batches))
 
 
-def _pair_flops(shape: flops.ModelShape) -> Callable[[list[PairExample]], float]:
-    def count(micro: list[PairExample]) -> float:
-        lens = [len(e.prompt) + len(e.chosen) for e in micro] + [len(e.prompt) + len(e.rejected) for e in micro]
-        return flops.step_flops(shape, lens, sum(len(e.chosen) + len(e.rejected) for e in micro))
-    return count
-
-
-def loop_config(batch: int, steps: int, optimizer: str = "adamw") -> LoopConfig:
+def loop_config(batch: int, steps: int, optimizer: str = "adamw", checkpointing: bool = False) -> LoopConfig:
     return LoopConfig(
         optimizer=optimizer, lr=1e-5, weight_decay=0.0, max_steps=steps, batch_size=batch, micro_batch_size=batch,
         warmup_steps=1, eval_every=NEVER, checkpoint_every=NEVER, eval_samples=1,
+        activation_checkpointing=checkpointing,
     )
 
 
@@ -113,20 +101,20 @@ def throughput(
     cfg = loop_config(batch, warmup + steps + 1)  # +1: its start ends the last timed step
     table = read_arrow(tokenized / "train.arrow")
     if kind == "sft":
-        objective, examples, count = LanguageModelling(model), lm_examples(table, "response", ("chosen",)), _lm_flops(shape)
+        objective, examples = LanguageModelling(model), lm_examples(table, "response", ("chosen",))
     else:
         plan = StepPlan(pair_examples(table), batch, batch, shared.seed)
         plan, _ = cache_reference(model, plan, {}, cfg.max_steps, batch, runtime)
-        objective, examples, count = DirectPreference(model, beta=0.1), plan.examples, _pair_flops(shape)
-    plan = TimedPlan(examples, cfg, shared.seed, runtime.device, count)
+        objective, examples = DirectPreference(model, beta=0.1), plan.examples
+    plan = TimedPlan(examples, cfg, shared.seed, runtime.device)
     graphs_before = _graphs()
     _reset_memory(runtime)
     _train(objective, plan, cfg, runtime, shared.seed, shape)
     seconds = plan.starts[warmup + steps] - plan.starts[warmup]
-    done = sum(plan.flops[warmup : warmup + steps])
+    tokens, done = plan.work(range(warmup, warmup + steps), objective.collate, shape)
     row = {
         "kind": kind, "size": size, "dtype": shared.dtype, "compile": shared.compile, "batch": batch,
-        "timed_steps": steps, "tokens_per_s": round(sum(plan.tokens[warmup : warmup + steps]) / seconds),
+        "timed_steps": steps, "tokens_per_s": round(tokens / seconds),
         "mfu": round(done / seconds / runtime.peak_flops, 4), "peak_flops": runtime.peak_flops,
         "ms_per_step": round(1000 * seconds / steps, 2), "peak_bytes": _peak_bytes(runtime),
         "compiled_graphs": _graphs() - graphs_before,
@@ -162,7 +150,7 @@ def op_profile(tokenized: Path, shared: SharedConfig, size: str, batch: int, ste
     shape = flops.ModelShape.from_config(model.config)
     cfg = loop_config(batch, warmup + steps + 1)
     examples = lm_examples(read_arrow(tokenized / "train.arrow"), "response", ("chosen",))
-    plan = ProfiledPlan(examples, cfg, shared.seed, runtime.device, _lm_flops(shape), first=warmup, last=warmup + steps)
+    plan = ProfiledPlan(examples, cfg, shared.seed, runtime.device, first=warmup, last=warmup + steps)
     _train(LanguageModelling(model), plan, cfg, runtime, shared.seed, shape)
     averages = plan.profiler.key_averages()
     device_key = "self_device_time_total" if runtime.device.type == "cuda" else "self_cpu_time_total"
@@ -195,10 +183,8 @@ def memory_row(
     with torch.device(runtime.device):  # built on the card: a 1.5B init on the CPU takes a minute
         model = build_scratch(model_config(size), shared.seed)
     add_lora(model, LoraConfig(rank=lora_rank), shared.seed)
-    if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     shape = flops.ModelShape.from_config(model.config)
-    cfg = loop_config(batch, 2, optimizer)
+    cfg = loop_config(batch, 2, optimizer, checkpointing)
     plan = StepPlan(fixed_examples(batch, width, shared.seed), batch, batch, shared.seed)
     _reset_memory(runtime)
     metrics = _train(LanguageModelling(model), plan, cfg, runtime, shared.seed, shape)

@@ -93,6 +93,12 @@ def autocast(runtime: Runtime) -> contextlib.AbstractContextManager:
     return torch.autocast(runtime.device.type, dtype=runtime.autocast_dtype)
 
 
+def transformer_bodies(module: nn.Module) -> list[PreTrainedModel]:
+    """The transformer bodies inside `module` (GPT2Model: a model that is its own base_model), one per
+    model the objective holds (DPO's live reference is a second)."""
+    return [m for m in module.modules() if isinstance(m, PreTrainedModel) and m.base_model is m]
+
+
 def compile_bodies(module: nn.Module, backend: str | object = "inductor") -> int:
     """torch.compile each transformer body inside `module` in place (GPT-2's GPT2Model); returns how many.
 
@@ -102,7 +108,7 @@ def compile_bodies(module: nn.Module, backend: str | object = "inductor") -> int
     dynamo's recompile limit (8) turns compilation off. A body sees only (batch, width) integer
     tensors; marked dynamic, one graph serves every batch shape.
     """
-    bodies = [m for m in module.modules() if isinstance(m, PreTrainedModel) and m.base_model is m]
+    bodies = transformer_bodies(module)
     for body in bodies:
         body.compile(backend=backend, dynamic=True)
     return len(bodies)
@@ -111,7 +117,7 @@ def compile_bodies(module: nn.Module, backend: str | object = "inductor") -> int
 def checkpoint_bodies(module: nn.Module) -> int:
     """Activation checkpointing in each transformer body inside `module` (transformers' own,
     non-reentrant: it composes with torch.compile and DDP); returns how many bodies."""
-    bodies = [m for m in module.modules() if isinstance(m, PreTrainedModel) and m.base_model is m]
+    bodies = transformer_bodies(module)
     for body in bodies:
         body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return len(bodies)
