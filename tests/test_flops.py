@@ -328,6 +328,8 @@ def test_default_peak_flops(device_type, dtype, expected):
         ("NVIDIA A100-SXM4-80GB", "bfloat16", 312e12),
         ("NVIDIA L4", "float16", 121e12),
         ("NVIDIA L40S", "bfloat16", 362e12),  # not L4's
+        ("NVIDIA L40", "bfloat16", 181e12),  # not L4's either
+        ("NVIDIA GH200 480GB", "bfloat16", 989e12),
         ("NVIDIA A10G", "bfloat16", 70e12),  # not A10's
         ("Tesla T4", "float32", 8.1e12),
         ("Some Future GPU", "bfloat16", 989e12),

@@ -245,9 +245,9 @@ CUDA_PEAKS = (
     ("H100 PCIe", 756e12, 378e12),
     ("H100", 989e12, 495e12),  # SXM and NVL
     ("H200", 989e12, 495e12),  # the H100's chip, more memory
-    ("GH200", 989e12, 495e12),
     ("A100", 312e12, 156e12),
     ("L40S", 362e12, 183e12),
+    ("L40", 181e12, 90.5e12),  # before L4, which its name contains
     ("L4", 121e12, 60e12),
     ("A10G", 70e12, 35e12),
     ("A10", 125e12, 62.5e12),
