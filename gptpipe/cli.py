@@ -290,8 +290,9 @@ for _name, _summary in STAGES:
 def study(
     name: Annotated[str, typer.Argument(help="optimizers | lora | data-quality | scaling")],
     report: Annotated[bool, typer.Option("--report", help="Rebuild the table from experiments already run.")] = False,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Run each point over this many seeds (shared.seed, +1, ...); the table shows mean and spread.")] = 1,
 ) -> None:
-    """Run a study as DVC experiments (one per point) and compile its table and PNG."""
+    """Run a study as DVC experiments (one per point and seed) and compile its table, verdicts and PNG."""
     from gptpipe.studies.definitions import STUDIES, run_study
     from gptpipe.tables import markdown_table
 
@@ -300,7 +301,7 @@ def study(
     try:
         if not report:
             load_params(Path("params.yaml"))  # bad params fail before any experiment is queued
-        table = run_study(STUDIES[name], report_only=report)
+        table = run_study(STUDIES[name], report_only=report, seeds=seeds)
     except UserError as err:
         _fail(err)
     typer.echo(markdown_table(table))

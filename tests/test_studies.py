@@ -70,7 +70,8 @@ def test_every_point_sets_keys_the_params_accept(tmp_path, monkeypatch):
     for point in points:
         load_params(tmp_path / "params.yaml", overrides=point.overrides)
     ranks = {p.label: p.overrides for p in lora_points()}
-    assert ranks["r8"] == {"train.lora.rank": 8, "train.lr": LORA_LR}
+    # the default train.lr (3e-3) is 3x AdamW's 1e-3, so every study lr is 3x its tuned value
+    assert ranks["r8"] == {"train.lora.rank": 8, "train.lr": pytest.approx(3 * LORA_LR)}
     assert ranks["full"]["train.lora.rank"] == 0
 
 
@@ -101,3 +102,79 @@ def test_study_learning_rates_follow_train_lr(monkeypatch, tmp_path):
     lrs = {p.label: p.overrides["train.lr"] for p in optimizer_points()}
     assert lrs["sgd"] == 0.005 and lrs["adamw"] == 1e-5 and lrs["momentum"] == 0.0005
     assert {p.overrides["train.lr"] for p in lora_points() if p.label != "full"} == {5e-5}
+
+
+# -- seeds and judge-free verdicts ---------------------------------------------------------------
+
+
+def test_seeded_points_keep_the_label_for_the_first_seed_and_shift_shared_seed_for_the_rest():
+    from gptpipe.studies.definitions import seeded_points
+    from gptpipe.studies.runner import Point
+
+    runs = seeded_points([Point("adamw", {"train.optimizer": "adamw"})], 3, 1337)
+    assert [(run.label, point, k) for run, point, k in runs] == [
+        ("adamw", "adamw", 0), ("adamw-seed1", "adamw", 1), ("adamw-seed2", "adamw", 2)]
+    assert runs[0][0].overrides == {"train.optimizer": "adamw"}  # seed 0 is params.yaml's own
+    assert runs[2][0].overrides == {"train.optimizer": "adamw", "shared.seed": 1339}
+
+
+def test_mean_over_seeds_averages_each_point_and_shows_the_spread():
+    from gptpipe.studies.definitions import mean_over_seeds
+
+    table = pd.DataFrame({"point": ["a", "a", "b", "b"], "optimizer": ["sgd", "sgd", "adamw", "adamw"],
+                          "test_loss": [1.0, 3.0, 2.0, 2.0], "exact_answer_accuracy": [0.5, 0.7, 0.1, 0.3]})
+    out = mean_over_seeds(table).set_index("point")
+    assert out.loc["a", "test_loss"] == 2.0 and out.loc["a", "test_loss_sd"] == pytest.approx(2 ** 0.5)
+    assert out.loc["b", "test_loss_sd"] == 0.0
+    assert out.loc["a", "exact_answer_accuracy"] == pytest.approx(0.6)
+    assert out.loc["b", "optimizer"] == "adamw" and out.loc["a", "seeds"] == 2
+
+
+def _judged(correct, sound=None):
+    n = len(correct)
+    sound = correct if sound is None else sound
+    return pd.DataFrame({"id": [f"p{i}" for i in range(n)], "correct": correct,
+                         "label": ["sound" if s else "wrong" for s in sound]})
+
+
+def test_paired_verdict_pools_seeds_and_calls_a_clear_gain_higher():
+    from gptpipe.studies.verdicts import paired_verdict
+
+    better, worse = _judged([True] * 30 + [False] * 10), _judged([False] * 30 + [False] * 10)
+    verdict = paired_verdict([better, better], [worse, worse], 0.95)
+    assert verdict["exact accuracy"]["verdict"] == "higher"
+    assert verdict["exact accuracy"]["discordant"] == 60  # 30 prompts x 2 seeds
+    assert verdict["exact accuracy"]["difference"] == pytest.approx(0.75)
+    assert paired_verdict([worse], [better], 0.95)["sound-answer rate"]["verdict"] == "lower"
+
+
+def test_paired_verdict_is_no_difference_inside_the_interval_or_on_few_differing_answers():
+    from gptpipe.studies.verdicts import paired_verdict
+
+    # 6 of 40 answers differ, all one way: a clear direction, but too few to decide on
+    few = paired_verdict([_judged([True] * 6 + [False] * 34)], [_judged([False] * 40)], 0.95)
+    assert few["exact accuracy"]["verdict"] == "no difference"
+    # 12 gained, 10 lost: the interval holds 0
+    a = _judged([True] * 12 + [False] * 10 + [True] * 18)
+    b = _judged([False] * 12 + [True] * 10 + [True] * 18)
+    assert paired_verdict([a], [b], 0.95)["exact accuracy"]["verdict"] == "no difference"
+
+
+def test_paired_verdict_pairs_answers_by_prompt_id_not_by_row():
+    from gptpipe.studies.verdicts import paired_verdict
+
+    a = _judged([True] * 20 + [False] * 20)
+    shuffled = a.iloc[::-1].reset_index(drop=True)
+    same = paired_verdict([a], [shuffled], 0.95)["exact accuracy"]
+    assert same["discordant"] == 0 and same["verdict"] == "no difference"
+
+
+def test_comparisons_name_the_pairs_each_study_decides_on():
+    from gptpipe.studies.definitions import STUDIES
+
+    assert STUDIES["optimizers"].comparisons(["sgd", "adam", "adamw"]) == [("sgd", "adamw"), ("adam", "adamw")]
+    assert STUDIES["lora"].comparisons(["r1", "r8", "full"]) == [("r1", "full"), ("r8", "full")]
+    assert STUDIES["data-quality"].comparisons(["all", "top800", "top400", "random400"]) == [
+        ("top400", "random400"), ("top800", "all"), ("top400", "all")]
+    assert STUDIES["scaling"].comparisons(["2x64", "2x128", "4x128"]) == [("2x128", "2x64"), ("4x128", "2x128")]
+    assert STUDIES["optimizers"].comparisons(["sgd"]) == []  # the reference failed: nothing to decide

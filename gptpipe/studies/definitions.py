@@ -11,16 +11,22 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from gptpipe import figures as plots
 from gptpipe.config import SftConfig, load_params
 from gptpipe.train.optim import DEFAULT_LR, STATE_COPIES
-from gptpipe.studies.runner import Point, Result, collect, recorded_baseline, run_points, write_record, write_table
+from gptpipe.errors import UserError
+from gptpipe.studies.runner import (
+    Point, Result, collect, recorded_baseline, recorded_seeds, run_points, write_record, write_table,
+)
+from gptpipe.studies.verdicts import paired_verdict, read_judged, verdict_lines
 
 SFT_METRICS = "metrics/sft.json"
 SFT_SERIES = "plots/sft/loss.tsv"
+JUDGE_SFT = "metrics/judge/sft.json"
 TABLES = Path("plots/studies")
 RECORDS = Path("metrics/studies")
 MIB = 2**20
@@ -44,7 +50,11 @@ class Study:
     table: Callable[[list[Result]], pd.DataFrame]
     notes: Callable[[list[Result]], list[str]]
     title: str
-    target: str = "sft"  # each experiment reproduces up to this stage only
+    # (later, earlier) point labels whose judge-free difference is the study's verdict
+    comparisons: Callable[[Sequence[str]], list[tuple[str, str]]]
+    # each experiment reproduces up to this stage only: the SFT model's judged answers, which the
+    # judge-free columns and verdicts need
+    target: str = "judge@sft"
 
 
 def lr_scale(train: SftConfig) -> float:
@@ -82,6 +92,19 @@ def tokens_to_reach(series: pd.DataFrame, target: float) -> int | None:
     return int(reached["tokens"].iloc[0]) if len(reached) else None
 
 
+def judged_columns(r: Result) -> dict[str, Any]:
+    """The SFT model's answers: exact accuracy (with its interval) and the sound-answer rate by the
+    judge-free labels, beside the judge's mean reward. Blank where the data has no ground truth."""
+    judge = r.metrics.get(JUDGE_SFT, {})
+    ci = judge.get("exact_answer_ci")
+    return {
+        "exact_answer_accuracy": judge.get("exact_answer_accuracy"),
+        "exact_ci": f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else None,
+        "sound_rate": (judge.get("labels") or {}).get("sound"),
+        "sft_reward": judge.get("mean_reward"),
+    }
+
+
 def optimizer_table(results: list[Result]) -> pd.DataFrame:
     target = target_loss(results)
     rows = []
@@ -94,6 +117,7 @@ def optimizer_table(results: list[Result]) -> pd.DataFrame:
             "train_loss": m["train_loss"],
             "test_loss": m["test_loss"],
             "tokens_to_target": tokens_to_reach(r.series[SFT_SERIES], target),
+            **judged_columns(r),
             "tokens_per_s": m["tokens_per_s"],
             "state_bytes_per_param_theory": _bytes_per_param(m),
             "params_MiB": mem["parameters_bytes"] / MIB,
@@ -118,6 +142,7 @@ def lora_table(results: list[Result]) -> pd.DataFrame:
             "trainable_fraction": m["trainable_fraction"],
             "train_loss": m["train_loss"],
             "test_loss": m["test_loss"],
+            **judged_columns(r),
             "tokens_per_s": m["tokens_per_s"],
             "grads_MiB": mem["gradients_bytes"] / MIB,
             "state_MiB": mem["optimizer_state_bytes"] / MIB,
@@ -160,7 +185,6 @@ COURSE_SIZES = (35000, 30000, 25000, 20000, 15000, 10000)
 COURSE_TRAIN_PAIRS = 43835
 RANDOM_CONTROLS = 2  # the two smallest sizes also get a random subset of the same N
 FILTER_METRICS = "metrics/filter.json"
-JUDGE_SFT = "metrics/judge/sft.json"
 
 
 def data_quality_sizes(train_pairs: int) -> list[int]:
@@ -194,9 +218,8 @@ def data_quality_table(results: list[Result]) -> pd.DataFrame:
             "train_loss": sft["train_loss"],
             "test_loss": sft["test_loss"],
             "test_sound_loss": sft.get("test_sound_loss"),
-            "sft_reward": judge.get("mean_reward"),
+            **judged_columns(r),
             "reward_ci": _interval(judge),
-            "exact_answer_accuracy": judge.get("exact_answer_accuracy"),
         })
     return pd.DataFrame(rows)
 
@@ -250,16 +273,14 @@ def scaling_table(results: list[Result]) -> pd.DataFrame:
     rows = []
     for r in results:
         sft, base = r.metrics[SFT_METRICS], r.metrics.get("metrics/base.json", {})
-        own = r.metrics.get(JUDGE_SFT, {})
         rows.append({
             "size": r.label,
             "parameters": sft["parameters"],
             "non_embedding": sft["parameters_without_embeddings"],
             "base_test_loss": base.get("test_loss"),
             "sft_test_loss": sft["test_loss"],
-            "sft_reward_own_judge": own.get("mean_reward"),
+            **judged_columns(r),
             "sft_reward_one_judge": _rejudge(judge, r.experiment) if judge else None,
-            "exact_answer_accuracy": own.get("exact_answer_accuracy"),
             "sft_tokens_per_s": sft["tokens_per_s"],
         })
     return pd.DataFrame(rows)
@@ -290,7 +311,7 @@ def scaling_notes(results: list[Result]) -> list[str]:
     return [
         "Each size runs the whole chain up to its SFT model's judged answers (base, reward, score, "
         "filter, sft, generate@sft, judge@sft) with the same params otherwise.",
-        "sft_reward_own_judge: judged by the reward model trained from that size's own base; "
+        "sft_reward: judged by the reward model trained from that size's own base; "
         "sft_reward_one_judge: the same answers judged by the workspace's models/reward, so sizes "
         "are compared by one judge.",
         "For the scaling law at a fixed FLOP budget see the scaling stage (plots/scaling/compute_optimal.md).",
@@ -298,34 +319,126 @@ def scaling_notes(results: list[Result]) -> list[str]:
     ]
 
 
+def against(reference: str) -> Callable[[Sequence[str]], list[tuple[str, str]]]:
+    """Every other point against one reference point (the default optimizer, full fine-tuning)."""
+    return lambda labels: [(label, reference) for label in labels if label != reference and reference in labels]
+
+
+def data_quality_comparisons(labels: Sequence[str]) -> list[tuple[str, str]]:
+    """top<N> against random<N> (quality at equal quantity), and each subset against all."""
+    pairs = [(f"top{label.removeprefix('random')}", label) for label in labels
+             if label.startswith("random") and f"top{label.removeprefix('random')}" in labels]
+    return pairs + [(label, "all") for label in labels if label.startswith("top") and "all" in labels]
+
+
+def successive(labels: Sequence[str]) -> list[tuple[str, str]]:
+    """Each size against the next smaller one."""
+    return list(zip(labels[1:], labels[:-1]))
+
+
 STUDIES = {
     "optimizers": Study("optimizers", optimizer_points, optimizer_table, optimizer_notes,
-                        "SFT test loss by optimizer"),
-    "lora": Study("lora", lora_points, lora_table, lora_notes, "SFT test loss: LoRA ranks and full fine-tuning"),
+                        "SFT test loss by optimizer", against("adamw")),
+    "lora": Study("lora", lora_points, lora_table, lora_notes, "SFT test loss: LoRA ranks and full fine-tuning",
+                  against("full")),
     "data-quality": Study("data-quality", data_quality_points, data_quality_table, data_quality_notes,
                           "SFT test loss: reward-filtered subsets, random controls and the full set",
-                          target="judge@sft"),
+                          data_quality_comparisons),
     "scaling": Study("scaling", scaling_points, scaling_table, scaling_notes,
-                     "SFT test loss by model size", target="judge@sft"),
+                     "SFT test loss by model size", successive),
 }
 
 
-def run_study(study: Study, *, report_only: bool) -> pd.DataFrame:
+def run_study(study: Study, *, report_only: bool, seeds: int = 1) -> pd.DataFrame:
+    """Run (or with report_only, recompile) a study: each point once per seed, its table (the mean
+    over seeds with their spread), the judge-free verdicts, the record and the curves' PNG."""
     record = RECORDS / f"{study.name}.json"
     if report_only:
-        baseline = recorded_baseline(record)
-    else:
-        baseline = run_points(study.name, study.points(), study.target)
-    labels = [p.label for p in study.points()]
-    results = collect(study.name, labels, baseline, [SFT_SERIES])
+        baseline, seeds = recorded_baseline(record), recorded_seeds(record)
+    points = study.points()
+    runs = seeded_points(points, seeds, load_params("params.yaml").shared.seed)
+    if not report_only:
+        baseline = run_points(study.name, [run for run, _, _ in runs], study.target)
+    results = collect(study.name, [run.label for run, _, _ in runs], baseline, [SFT_SERIES])
     if not results:
         raise RuntimeError(f"study {study.name}: no experiment succeeded; see `dvc exp show`")
+    point_of = {run.label: (point, k) for run, point, k in runs}
     table = study.table(results)
-    write_table(table, TABLES, study.name, study.notes(results))
-    write_record(record, study.name, baseline, table)
+    table.insert(0, "point", [point_of[r.label][0] for r in results])
+    if seeds > 1:
+        table = mean_over_seeds(table)
+    confidence = load_params("params.yaml").evaluate.confidence
+    verdicts = study_verdicts(study, results, point_of, seeds, confidence)
+    write_table(table, TABLES, study.name, [*verdict_lines(verdicts, confidence), *study.notes(results), *_seed_note(seeds)])
+    write_record(record, study.name, baseline, table, verdicts=verdicts, seeds=seeds)
     curves = {r.label: r.series[SFT_SERIES] for r in results}
     plots.study_curves(curves, TABLES / f"{study.name}.png", study.title)
     return table
+
+
+def seeded_points(points: Sequence[Point], seeds: int, seed: int) -> list[tuple[Point, str, int]]:
+    """(experiment point, study point label, seed index): seed 0 is params.yaml's shared.seed under
+    the point's own label; seed k > 0 runs shared.seed + k as <label>-seed<k>. A seed changes the
+    data's draw (synthetic), the init and the order: the spread is that of the whole recipe."""
+    if seeds < 1:
+        raise UserError(f"--seeds: {seeds}; must be at least 1")
+    runs = []
+    for point in points:
+        runs.append((point, point.label, 0))
+        runs += [(Point(f"{point.label}-seed{k}", {**point.overrides, "shared.seed": seed + k}), point.label, k)
+                 for k in range(1, seeds)]
+    return runs
+
+
+# Columns whose spread over seeds the table shows beside their mean.
+SPREAD_COLUMNS = ("test_loss", "exact_answer_accuracy", "sound_rate", "sft_reward")
+
+
+def mean_over_seeds(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per point: numeric columns averaged over its seeds, <column>_sd (the sample standard
+    deviation) beside the SPREAD_COLUMNS, other columns as the first seed has them."""
+    rows = []
+    for point, group in table.groupby("point", sort=False):
+        row: dict[str, Any] = {"point": point, "seeds": len(group)}
+        for column in group.columns.drop("point"):
+            values = group[column]
+            numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+            row[column] = values.mean() if numeric else values.iloc[0]
+            if column in SPREAD_COLUMNS and numeric:
+                row[f"{column}_sd"] = values.std(ddof=1) if len(group) > 1 else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def study_verdicts(study: Study, results: list[Result], point_of: dict[str, tuple[str, int]], seeds: int,
+                   confidence: float) -> dict[str, dict[str, Any]]:
+    """The judge-free verdict of each of the study's comparisons, over the seeds both points ran."""
+    by_point: dict[str, dict[int, Result]] = {}
+    for r in results:
+        point, k = point_of[r.label]
+        by_point.setdefault(point, {})[k] = r
+    frames: dict[str, Any] = {}
+    verdicts = {}
+    for later, earlier in study.comparisons(list(by_point)):
+        common = sorted(set(by_point[later]) & set(by_point[earlier]))
+        pair = []
+        for label in (later, earlier):
+            for k in common:
+                experiment = by_point[label][k].experiment
+                if experiment not in frames:
+                    frames[experiment] = read_judged(experiment)
+            pair.append([frames[by_point[label][k].experiment] for k in common])
+        if common and all(f is not None for side in pair for f in side):
+            verdicts[f"{later} vs {earlier}"] = paired_verdict(pair[0], pair[1], confidence)
+    return verdicts
+
+
+def _seed_note(seeds: int) -> list[str]:
+    if seeds == 1:
+        return ["One seed per point (shared.seed): `gptpipe study <name> --seeds N` repeats each over N seeds "
+                "and shows the mean and its spread (<column>_sd)."]
+    return [f"Each row is the mean over {seeds} seeds (shared.seed, shared.seed + 1, ...; a seed redraws the "
+            "synthetic data, the init and the order); <column>_sd is the sample standard deviation over seeds."]
 
 
 def _bytes_per_param(metrics: dict) -> float:

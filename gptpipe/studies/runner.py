@@ -94,14 +94,20 @@ def write_table(table: pd.DataFrame, out_dir: Path, name: str, notes: Sequence[s
         tmp.write_text(markdown + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n")
 
 
-def write_record(path: Path, study: str, baseline: str, table: pd.DataFrame) -> None:
-    write_json(path, {"study": study, "baseline": baseline, "rows": json.loads(table.to_json(orient="records"))})
+def write_record(path: Path, study: str, baseline: str, table: pd.DataFrame, *,
+                 verdicts: dict[str, Any] | None = None, seeds: int = 1) -> None:
+    write_json(path, {"study": study, "baseline": baseline, "seeds": seeds,
+                      "rows": json.loads(table.to_json(orient="records")), "verdicts": verdicts or {}})
 
 
 def recorded_baseline(path: Path) -> str:
     if not path.is_file():
         raise UserError(f"{path}: no study has run here yet; run it without --report first")
     return json.loads(path.read_text())["baseline"]
+
+
+def recorded_seeds(path: Path) -> int:
+    return int(json.loads(path.read_text()).get("seeds", 1))
 
 
 def _result(study: str, exp: dict[str, Any]) -> Result | None:
