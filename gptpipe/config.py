@@ -205,6 +205,14 @@ class BaseConfig(LoopConfig):
 class SftConfig(LoopConfig):
     """Supervised fine-tuning on prompt -> chosen response (the sft stage): `train` in params.yaml."""
 
+    # The embedded default learns its tables in 1,000 steps at 3e-3 (measured: 21% exact accuracy at
+    # 250 steps, 65% at 750, 76% at 1,000; at AdamW's 1e-3 and 150 steps it answered 0.5%).
+    lr: PositiveFloat | None = 0.003
+    max_steps: PositiveInt = 1000
+    warmup_steps: NonNegativeInt = 20
+    eval_every: PositiveInt = 100
+    checkpoint_every: PositiveInt = 200
+
     # Loss on the response tokens only (prompt masked), or on every token (the course's way).
     loss_on: Literal["response", "all"] = "response"
     lora: LoraConfig = LoraConfig()

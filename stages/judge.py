@@ -26,8 +26,9 @@ def run(device: str, score: ScoreConfig, hf_max_length: int, evaluate: EvaluateC
     truth = ground_truth(raw_test)
     if truth is not None:
         pairs = list(zip(given["id"], given["response"], strict=True))
-        frame["correct"] = [response_is_correct(r, truth[i]) for i, r in pairs]
-        frame["label"] = [label_answer(r, truth[i]) for i, r in pairs]  # judge-free: sound … rude
+        frame["family"] = [truth[i]["family"] for i, _ in pairs]
+        frame["correct"] = [response_is_correct(r, truth[i]["answer"]) for i, r in pairs]
+        frame["label"] = [label_answer(r, truth[i]["answer"]) for i, r in pairs]  # judge-free: sound … rude
     with atomic_path(out) as tmp:
         frame.to_parquet(tmp, index=False)
     figures = {"model": name, "scorer": scorer.name, **reward_summary(frame, evaluate.confidence)}

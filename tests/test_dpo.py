@@ -212,7 +212,7 @@ def test_a_live_lora_reference_needs_fresh_adapters(tiny_params):
 def test_a_few_steps_raise_test_accuracy_and_margin(tiny_params, pairs, tmp_path):
     """The synthetic data's rejected answers are worse in ways a model can see (rude, wrong, off
     topic): ten steps of DPO from a random init already order most held-out pairs."""
-    cfg = _dpo_params(max_steps=10, eval_every=10, eval_samples=48, lr=1e-2).dpo
+    cfg = _dpo_params(max_steps=10, eval_every=10, eval_samples=48, lr=3e-3).dpo
     model = build_scratch(tiny_params.model, 0)
     plan = StepPlan(pairs["train"], cfg.batch_size, cfg.micro_batch_size, seed=0)
     eval_sets = {"test": eval_sample(pairs["test"], cfg.eval_samples, seed=0)}

@@ -111,6 +111,14 @@ def test_judge_and_evaluate_on_real_files(tiny_params, tokenized, judge_dir, tmp
     assert "sft vs base, exact accuracy: +100.0 points" in report and "**sft is higher**" in report
     assert "| sound" in report.replace("|   sound", "| sound") or " sound " in report.split("## Sample")[0]
     assert "nan" not in report.split("## Sample")[0]  # the reference rows' empty cells read "—"
+    # Per task family: every answer counted once, under its record's family.
+    families = pd.read_parquet(raw_test).set_index("id").loc[[r["id"] for r in rows], "family"].value_counts()
+    by_family = sft_m["exact_by_family"]
+    assert {f: v["answers"] for f, v in by_family.items()} == families.to_dict()
+    assert all(v["correct"] == v["answers"] and v["accuracy"] == 1.0 for v in by_family.values())
+    assert all(v["correct"] == 0 for v in base_m["exact_by_family"].values())
+    family, count = next(iter(sorted(families.items())))
+    assert f"| {family}" in report and f"{count}/{count} (100%" in report and f"0/{count} (0%" in report
     assert (tmp_path / "plots" / "rewards.png").stat().st_size > 5_000
 
 

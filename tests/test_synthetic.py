@@ -55,21 +55,31 @@ def _smaller(a: str, b: str) -> int:
     return min(int(a), int(b))
 
 
-ORACLE: list[tuple[re.Pattern[str], Callable[[str, str], object]]] = [
+def _listed(text: str) -> list[str]:
+    return text.split(", ")
+
+
+ORACLE: list[tuple[re.Pattern[str], Callable[..., object]]] = [
     (re.compile(p), f)
     for p, f in [
         (r"(\d+) (?:plus|\+) (\d+)\?$", lambda a, b: int(a) + int(b)),
         (r"add (\d+) and (\d+)", lambda a, b: int(a) + int(b)),
-        (r"(\d+) (?:minus|-) (\d+)\?$", lambda a, b: int(a) - int(b)),
-        (r"(?:subtract|take) (\d+) (?:from|away from) (\d+)\?$", lambda b, a: int(a) - int(b)),
-        (r"(\d+) (?:times|multiplied by|x) (\d+)\?$", lambda a, b: int(a) * int(b)),
-        (r"multiply (\d+) by (\d+)\?$", lambda a, b: int(a) * int(b)),
+        (r"(?:comes after|one more than|comes right after) (\d+)\?$", lambda n: int(n) + 1),
+        (r"(?:comes before|one less than|comes right before) (\d+)\?$", lambda n: int(n) - 1),
         (r"(?:larger|bigger),? (\d+) or (\d+)\?$", _larger),
         (r"Is (\d+) or (\d+) the larger number\?$", _larger),
         (r"smaller:? (\d+) or (\d+)\?$", _smaller),
+        (r"(?:first word in this list|comes first here): ([a-z, ]+)\?$", lambda l: _listed(l)[0]),
+        (r"Here are some words: ([a-z, ]+)\. Which one is first\?$", lambda l: _listed(l)[0]),
+        (r"(?:last word in this list|comes last here): ([a-z, ]+)\?$", lambda l: _listed(l)[-1]),
+        (r"Here are some words: ([a-z, ]+)\. Which one is last\?$", lambda l: _listed(l)[-1]),
+        (r"In the list ([a-z, ]+), which word comes right after ([a-z]+)\?$",
+         lambda l, w: _listed(l)[_listed(l).index(w) + 1]),
+        (r"Which word follows ([a-z]+) in this list: ([a-z, ]+)\?$",
+         lambda w, l: _listed(l)[_listed(l).index(w) + 1]),
+        (r"(?:repeat the word|say the word|Repeat after me:) ([a-z]+)", lambda w: w),
     ]
 ]
-REVERSE = re.compile(r"'([a-z]+)'(?: spelled)? backwards|Reverse the word '([a-z]+)'")
 
 
 def oracle_answer(question: str) -> str | None:
@@ -77,10 +87,6 @@ def oracle_answer(question: str) -> str | None:
         match = pattern.search(question)
         if match:
             return str(solve(*match.groups()))
-    match = REVERSE.search(question)
-    if match:
-        word = match.group(1) or match.group(2)
-        return word[::-1]
     return None
 
 
@@ -228,7 +234,8 @@ def test_there_are_at_least_five_varied_families(records: list[dict]) -> None:
     assert len(questions) >= 5
     for family, asked in questions.items():
         assert len(asked) > len(records) / (2 * len(questions)), family
-        assert len(set(asked)) > 0.8 * len(asked), family
+        # Small tables (so that a small model can learn them), asked in many phrasings.
+        assert len(set(asked)) > 0.6 * len(asked), family
 
 
 # --------------------------------------------------------------------------- multi-turn

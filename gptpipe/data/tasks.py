@@ -49,50 +49,43 @@ _ADD_QUESTIONS = (
     "Can you add {a} and {b} for me?",
     "What do you get when you add {a} and {b}?",
 )
-_SUBTRACT_QUESTIONS = (
-    "What is {a} minus {b}?",
-    "What is {a} - {b}?",
-    "Can you subtract {b} from {a}?",
-    "What do you get when you take {b} away from {a}?",
+_AFTER_QUESTIONS = (
+    "What number comes after {n}?",
+    "What number is one more than {n}?",
+    "When counting, what comes right after {n}?",
 )
-_MULTIPLY_QUESTIONS = (
-    "What is {a} times {b}?",
-    "What is {a} multiplied by {b}?",
-    "What is {a} x {b}?",
-    "Can you multiply {a} by {b}?",
+_BEFORE_QUESTIONS = (
+    "What number comes before {n}?",
+    "What number is one less than {n}?",
+    "When counting, what comes right before {n}?",
 )
+# The addition table of one-digit numbers and counting up or down from 2..49: finite tables, each
+# entry keyed by the question's numbers, that a small model can learn in a few hundred steps
+# (two-digit sums it cannot: 0% after 7 epochs at 2x128).
+ADDEND_RANGE = (1, 5)
+COUNTING_RANGE = (2, 10)
 
 
 def _arithmetic_task(rng: random.Random) -> Task:
-    operation = rng.randrange(3)
-    if operation == 0:
-        a, b = rng.randint(2, 99), rng.randint(2, 99)
-        result, verb, phrasings = a + b, "plus", _ADD_QUESTIONS
-    elif operation == 1:
-        # Positive results only: a minus sign is one more thing for a small model to get wrong.
-        a = rng.randint(3, 99)
-        b = rng.randint(1, a - 1)
-        result, verb, phrasings = a - b, "minus", _SUBTRACT_QUESTIONS
-    else:
-        a, b = rng.randint(2, 20), rng.randint(2, 12)
-        result, verb, phrasings = a * b, "times", _MULTIPLY_QUESTIONS
-    template = rng.choice((f"{a} {verb} {b} is {{}}.", "The answer is {}."))
-    return Task(
-        family="arithmetic",
-        question=rng.choice(phrasings).format(a=a, b=b),
-        answer=str(result),
-        template=template,
-        wrong_answers=lambda _: _near_misses(result, a + b, abs(a - b), a * b),
-    )
+    if rng.random() < 0.5:
+        a, b = rng.randint(*ADDEND_RANGE), rng.randint(*ADDEND_RANGE)
+        result = a + b
+        return Task("arithmetic", rng.choice(_ADD_QUESTIONS).format(a=a, b=b), str(result),
+                    rng.choice((f"{a} plus {b} is {{}}.", "The answer is {}.")),
+                    lambda _: _near_misses(result, a * b, abs(a - b)))
+    n = rng.randint(*COUNTING_RANGE)
+    after = rng.random() < 0.5
+    result = n + 1 if after else n - 1
+    phrasings, word = (_AFTER_QUESTIONS, "after") if after else (_BEFORE_QUESTIONS, "before")
+    return Task("arithmetic", rng.choice(phrasings).format(n=n), str(result),
+                f"The number {word} {n} is {{}}.", lambda _: _near_misses(result, n + (-1 if after else 1)))
 
 
 # (larger unit, its plural, smaller unit plural, smaller units in one larger)
 _CONVERSIONS = (
     ("kilometer", "kilometers", "meters", 1000),
     ("meter", "meters", "centimeters", 100),
-    ("centimeter", "centimeters", "millimeters", 10),
     ("kilogram", "kilograms", "grams", 1000),
-    ("liter", "liters", "milliliters", 1000),
     ("hour", "hours", "minutes", 60),
     ("minute", "minutes", "seconds", 60),
     ("day", "days", "hours", 24),
@@ -106,113 +99,72 @@ _CONVERSION_QUESTIONS = (
     "Convert {n} {source} to {to}.",
     "What is {n} {source} in {to}?",
 )
+# Amounts of 1..4 larger units, either way: a table of 80 conversions (two-digit amounts of any
+# unit are multiplication, which a small model does not learn at this scale).
+AMOUNT_RANGE = (1, 3)
 
 
 def _unit_conversion_task(rng: random.Random) -> Task:
     larger, larger_plural, smaller_plural, factor = rng.choice(_CONVERSIONS)
+    count = rng.randint(*AMOUNT_RANGE)
     if rng.random() < 0.5:
-        amount = rng.randint(1, 99)
-        source = larger if amount == 1 else larger_plural
-        target, result = smaller_plural, amount * factor
+        amount, source, result = count, larger if count == 1 else larger_plural, count * factor
+        asked = stated = smaller_plural
     else:
-        # Start from a multiple of the factor so the answer is a whole number of larger units.
-        result = rng.randint(2, 99)
-        amount, source, target = result * factor, smaller_plural, larger_plural
-    fields = {"n": amount, "source": source, "to": target}
+        amount, source, result = count * factor, smaller_plural, count
+        asked, stated = larger_plural, larger if count == 1 else larger_plural
+    fields = {"n": amount, "source": source, "to": asked}
     return Task(
         family="unit_conversion",
         question=rng.choice(_CONVERSION_QUESTIONS).format(**fields),
         answer=str(result),
-        template=f"{amount} {source} is {{}} {target}.",
+        template=f"{amount} {source} is {{}} {stated}.",
         wrong_answers=lambda _: _near_misses(result, result * 10, amount),
     )
 
 
+# Small tables, so that each fact recurs often enough in 4,000 dialogues to be learnt in minutes
+# (all 75 capitals and 28 past tenses of an earlier version: 47% after 7 epochs at 2x128).
 _CAPITALS = (
     ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"),
-    ("Portugal", "Lisbon"), ("Japan", "Tokyo"), ("China", "Beijing"), ("India", "New Delhi"),
-    ("Russia", "Moscow"), ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Canada", "Ottawa"),
-    ("Australia", "Canberra"), ("Brazil", "Brasilia"), ("Argentina", "Buenos Aires"),
-    ("Peru", "Lima"), ("Chile", "Santiago"), ("Colombia", "Bogota"), ("Greece", "Athens"),
-    ("Turkey", "Ankara"), ("Poland", "Warsaw"), ("Norway", "Oslo"), ("Sweden", "Stockholm"),
-    ("Finland", "Helsinki"), ("Denmark", "Copenhagen"), ("Ireland", "Dublin"),
-    ("England", "London"), ("Scotland", "Edinburgh"), ("Austria", "Vienna"),
-    ("Hungary", "Budapest"), ("Belgium", "Brussels"), ("Switzerland", "Bern"),
-    ("Thailand", "Bangkok"), ("Vietnam", "Hanoi"), ("South Korea", "Seoul"),
-    ("Indonesia", "Jakarta"), ("Iran", "Tehran"), ("Iraq", "Baghdad"), ("Nigeria", "Abuja"),
-    ("Ghana", "Accra"), ("Morocco", "Rabat"), ("Cuba", "Havana"), ("Mexico", "Mexico City"),
-    ("New Zealand", "Wellington"), ("Wales", "Cardiff"), ("Pakistan", "Islamabad"),
-    ("Bangladesh", "Dhaka"), ("Saudi Arabia", "Riyadh"), ("Syria", "Damascus"),
-    ("Lebanon", "Beirut"), ("Jordan", "Amman"), ("Ethiopia", "Addis Ababa"),
-    ("Uganda", "Kampala"), ("Zimbabwe", "Harare"), ("Senegal", "Dakar"),
-    ("Venezuela", "Caracas"), ("Ecuador", "Quito"), ("Uruguay", "Montevideo"),
-    ("Jamaica", "Kingston"), ("Iceland", "Reykjavik"), ("Romania", "Bucharest"),
-    ("Bulgaria", "Sofia"), ("Serbia", "Belgrade"), ("Croatia", "Zagreb"),
-    ("Slovakia", "Bratislava"), ("Estonia", "Tallinn"), ("Latvia", "Riga"),
-    ("Lithuania", "Vilnius"), ("Malaysia", "Kuala Lumpur"), ("Nepal", "Kathmandu"),
-    ("Afghanistan", "Kabul"), ("Cambodia", "Phnom Penh"), ("Qatar", "Doha"),
-    ("Libya", "Tripoli"), ("Tunisia", "Tunis"), ("Algeria", "Algiers"), ("Sudan", "Khartoum"),
+    ("Japan", "Tokyo"), ("China", "Beijing"), ("Russia", "Moscow"), ("Egypt", "Cairo"),
+    ("Canada", "Ottawa"), ("Greece", "Athens"), ("Poland", "Warsaw"), ("Norway", "Oslo"),
 )
 _ANIMAL_SOUNDS = (
     ("cow", "moo"), ("cat", "meow"), ("dog", "woof"), ("duck", "quack"), ("pig", "oink"),
     ("sheep", "baa"), ("owl", "hoot"), ("lion", "roar"), ("snake", "hiss"), ("horse", "neigh"),
-    ("frog", "croak"), ("bee", "buzz"), ("mouse", "squeak"), ("donkey", "hee-haw"),
-    ("crow", "caw"), ("wolf", "howl"), ("rooster", "cock-a-doodle-doo"),
 )
 _COLOURS = (
     ("the sky", "blue"), ("grass", "green"), ("snow", "white"), ("coal", "black"),
-    ("a banana", "yellow"), ("a lemon", "yellow"), ("blood", "red"), ("a ripe tomato", "red"),
-    ("a carrot", "orange"), ("a pumpkin", "orange"), ("chocolate", "brown"), ("milk", "white"),
-    ("a strawberry", "red"), ("a frog", "green"), ("a crow", "black"), ("an elephant", "gray"),
-    ("a polar bear", "white"), ("a flamingo", "pink"), ("an eggplant", "purple"),
-    ("a lime", "green"), ("soil", "brown"), ("the sun", "yellow"), ("a cloud", "white"),
-    ("the ocean", "blue"), ("a fire truck", "red"),
+    ("a banana", "yellow"), ("blood", "red"), ("a carrot", "orange"), ("chocolate", "brown"),
 )
 # Only pairs whose opposite is unambiguous ("light" could be "dark" or "heavy").
 _OPPOSITES = (
     ("hot", "cold"), ("fast", "slow"), ("happy", "sad"), ("open", "closed"), ("full", "empty"),
-    ("wet", "dry"), ("early", "late"), ("rich", "poor"), ("thick", "thin"), ("loud", "quiet"),
-    ("strong", "weak"), ("clean", "dirty"), ("day", "night"), ("black", "white"),
-    ("win", "lose"), ("push", "pull"), ("inside", "outside"), ("true", "false"),
-    ("always", "never"), ("buy", "sell"),
+    ("wet", "dry"),
 )
 _OPPOSITE_WORDS = tuple(word for pair in _OPPOSITES for word in pair)
 # Irregular forms only; nouns whose plural is the noun itself ("sheep") could never be answered wrongly.
 _PLURALS = (
     ("mouse", "mice"), ("child", "children"), ("foot", "feet"), ("tooth", "teeth"),
     ("goose", "geese"), ("man", "men"), ("woman", "women"), ("person", "people"),
-    ("leaf", "leaves"), ("knife", "knives"), ("wolf", "wolves"), ("half", "halves"),
-    ("ox", "oxen"), ("cactus", "cacti"), ("loaf", "loaves"), ("wife", "wives"),
 )
 _PAST_TENSES = (
     ("go", "went"), ("eat", "ate"), ("run", "ran"), ("see", "saw"), ("take", "took"),
-    ("give", "gave"), ("write", "wrote"), ("drink", "drank"), ("swim", "swam"),
-    ("sing", "sang"), ("buy", "bought"), ("bring", "brought"), ("think", "thought"),
-    ("catch", "caught"), ("teach", "taught"), ("fly", "flew"), ("know", "knew"),
-    ("speak", "spoke"), ("break", "broke"), ("drive", "drove"), ("choose", "chose"),
-    ("ride", "rode"), ("sleep", "slept"), ("feel", "felt"), ("keep", "kept"),
-    ("begin", "began"), ("fall", "fell"), ("win", "won"),
+    ("give", "gave"),
 )
 # (what is counted, a sentence stating the count, the count)
 _COUNTS = (
     ("days are in a week", "A week has {} days.", "7"),
     ("months are in a year", "A year has {} months.", "12"),
     ("hours are in a day", "A day has {} hours.", "24"),
-    ("minutes are in an hour", "An hour has {} minutes.", "60"),
     ("legs does a spider have", "A spider has {} legs.", "8"),
     ("legs does an insect have", "An insect has {} legs.", "6"),
-    ("legs does a dog have", "A dog has {} legs.", "4"),
-    ("legs does a bird have", "A bird has {} legs.", "2"),
     ("sides does a triangle have", "A triangle has {} sides.", "3"),
-    ("sides does a square have", "A square has {} sides.", "4"),
-    ("sides does a pentagon have", "A pentagon has {} sides.", "5"),
     ("sides does a hexagon have", "A hexagon has {} sides.", "6"),
-    ("sides does an octagon have", "An octagon has {} sides.", "8"),
     ("letters are in the English alphabet", "The English alphabet has {} letters.", "26"),
     ("wheels does a bicycle have", "A bicycle has {} wheels.", "2"),
-    ("wheels does a tricycle have", "A tricycle has {} wheels.", "3"),
     ("continents are there", "There are {} continents.", "7"),
-    ("planets are in our solar system", "Our solar system has {} planets.", "8"),
 )
 
 
@@ -333,24 +285,6 @@ _WORDS = (
     "sock", "star", "tree", "wolf", "rain", "snow", "leaf", "lion", "bear", "duck", "goat",
     "rose", "shoe", "coat", "king", "baby", "ball", "desk", "drum", "farm", "fire",
 )
-_ALPHABET = "abcdefghijklmnopqrstuvwxyz"
-
-
-def _scrambles(rng: random.Random, word: str, count: int = 3) -> tuple[str, ...]:
-    letters = list(word)
-    variants = [word[1:], word[:-1] + word[0]]
-    for _ in range(count):
-        rng.shuffle(letters)
-        variants.append("".join(letters))
-    return tuple(v for v in dict.fromkeys(variants) if v and v != word)
-
-
-def _reverse_task(rng: random.Random, word: str) -> Task:
-    phrasings = ("Reverse the word '{w}'.", "What is '{w}' spelled backwards?",
-                 "Can you write the word '{w}' backwards?")
-    answer = word[::-1]
-    return Task("strings", rng.choice(phrasings).format(w=word), answer,
-                 f"The word {word} backwards is {{}}.", lambda rng: (word, *_scrambles(rng, answer)))
 
 
 def _uppercase_task(rng: random.Random, word: str) -> Task:
@@ -359,43 +293,33 @@ def _uppercase_task(rng: random.Random, word: str) -> Task:
     # The template must not repeat the word: case is ignored when checking answers.
     template = rng.choice(("In capital letters, that is {}.", "In uppercase it is {}."))
     return Task("strings", rng.choice(phrasings).format(w=word), word.upper(), template,
-                 lambda rng: tuple(s.upper() for s in _scrambles(rng, word)))
+                lambda rng: tuple(w.upper() for w in rng.sample(STRING_WORDS, 3) if w != word))
 
 
 def _length_task(rng: random.Random, word: str) -> Task:
     phrasings = ("How many letters are in the word '{w}'?", "How many letters does '{w}' have?",
                  "Count the letters in '{w}'.")
     return Task("strings", rng.choice(phrasings).format(w=word), str(len(word)),
-                 f"The word {word} has {{}} letters.", lambda _: _near_misses(len(word)))
+                f"The word {word} has {{}} letters.", lambda _: _near_misses(len(word)))
 
 
-def _letter_count_task(rng: random.Random, word: str) -> Task:
-    # Mostly letters that occur, so the answer is usually not zero.
-    letter = rng.choice(word) if rng.random() < 0.75 else rng.choice(_ALPHABET)
-    phrasings = ("How many times does the letter '{c}' appear in '{w}'?",
-                 "How many times does '{c}' appear in the word '{w}'?")
-    count = word.count(letter)
-    return Task("strings", rng.choice(phrasings).format(c=letter, w=word), str(count),
-                 rng.choice(("The answer is {}.", "That comes to {}.")),
-                 lambda _: _near_misses(count, len(word)) if count else ("1", "2"))
-
-
-def _spelling_task(rng: random.Random, word: str) -> Task:
-    phrasings = ("How do you spell '{w}' letter by letter?",
-                 "Spell out the word '{w}' with dashes between the letters.")
-    return Task("strings", rng.choice(phrasings).format(w=word), "-".join(word),
-                 "It is spelled {}.", lambda rng: tuple("-".join(s) for s in _scrambles(rng, word)))
-
-
-_STRING_KINDS = (_reverse_task, _uppercase_task, _length_task, _letter_count_task, _spelling_task)
+# A table per word (its capitals, its length) over a short word list. Answers copied from the prompt
+# (the first, last or next word of a list, a word repeated back) were measured too and not learnt:
+# 1 of 48 right after 800 steps at 2x128, when the tables of the other families reached 45%.
+STRING_WORDS = _WORDS[:20]
+_STRING_KINDS = (_uppercase_task, _length_task)
 
 
 def _strings_task(rng: random.Random) -> Task:
-    return rng.choice(_STRING_KINDS)(rng, rng.choice(_WORDS))
+    return rng.choice(_STRING_KINDS)(rng, rng.choice(STRING_WORDS))
+
+
+# Numbers up to 30: their order is a short table; three-digit ones it is not (a coin toss at 2x128).
+COMPARISON_RANGE = (1, 12)
 
 
 def _comparison_task(rng: random.Random) -> Task:
-    a, b = rng.sample(range(1, 1000), 2)
+    a, b = rng.sample(range(COMPARISON_RANGE[0], COMPARISON_RANGE[1] + 1), 2)
     if rng.random() < 0.5:
         phrasings = ("Which is larger, {a} or {b}?", "Which number is bigger, {a} or {b}?",
                      "Is {a} or {b} the larger number?")

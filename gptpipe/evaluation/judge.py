@@ -35,12 +35,15 @@ def read_answers(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["id", "prompt", "response", "tokens", "stopped"])
 
 
-def ground_truth(raw_test: Path) -> dict[str, str] | None:
-    """id → the expected answer, where the data carries one (the synthetic set)."""
+def ground_truth(raw_test: Path) -> dict[str, dict[str, str]] | None:
+    """id → {"answer", "family"}: the expected answer and its task family, where the data carries
+    them (the synthetic set)."""
     table = pq.read_table(raw_test)
     if "answer" not in table.column_names:
         return None
-    return dict(zip(table.column("id").to_pylist(), table.column("answer").to_pylist(), strict=True))
+    ids, answers = table.column("id").to_pylist(), table.column("answer").to_pylist()
+    families = table.column("family").to_pylist() if "family" in table.column_names else [None] * len(ids)
+    return {i: {"answer": a, "family": f} for i, a, f in zip(ids, answers, families, strict=True)}
 
 
 def reward_summary(frame: pd.DataFrame, confidence: float) -> dict[str, Any]:
@@ -53,6 +56,13 @@ def reward_summary(frame: pd.DataFrame, confidence: float) -> dict[str, Any]:
     if "correct" in frame:
         summary["exact_answer_accuracy"] = float(frame["correct"].mean())
         summary["exact_answer_ci"] = list(proportion_interval(int(frame["correct"].sum()), len(frame), confidence))
+    if "family" in frame and "correct" in frame:
+        summary["exact_by_family"] = {
+            family: {"correct": int(group["correct"].sum()), "answers": len(group),
+                     "accuracy": float(group["correct"].mean()),
+                     "ci": list(proportion_interval(int(group["correct"].sum()), len(group), confidence))}
+            for family, group in frame.groupby("family", sort=True)
+        }
     if "label" in frame:  # the judge-free labels' rates (gptpipe.data.answer_labels)
         summary["labels"] = {label: float((frame["label"] == label).mean()) for label in LABELS}
     return summary
@@ -101,6 +111,31 @@ def _verdict_lines(verdicts: dict[str, dict[str, Any]], confidence: float) -> li
     return lines + [""]
 
 
+def family_table(metrics: dict[str, Any]) -> pd.DataFrame | None:
+    """Exact accuracy per task family (rows) and model (columns): correct/answers and the interval."""
+    by_model = {name: m["exact_by_family"] for name, m in metrics["models"].items() if "exact_by_family" in m}
+    if not by_model:
+        return None
+    families = sorted({family for table in by_model.values() for family in table})
+    rows = []
+    for family in families:
+        row = {"family": family}
+        for name, table in by_model.items():
+            f = table.get(family)
+            row[name] = f"{f['correct']}/{f['answers']} ({100 * f['accuracy']:.0f}%, [{100 * f['ci'][0]:.0f}, {100 * f['ci'][1]:.0f}])" if f else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _family_lines(metrics: dict[str, Any]) -> list[str]:
+    table = family_table(metrics)
+    if table is None:
+        return []
+    level = round(100 * metrics["confidence"])
+    return [f"Exact answer accuracy per task family: correct/answers (%, {level}% interval):", "",
+            markdown_table(table), ""]
+
+
 def summary_table(metrics: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for name, m in metrics["models"].items():
@@ -130,6 +165,7 @@ def report_markdown(table: pd.DataFrame, metrics: dict[str, Any], answers: dict[
            "each kind (sound, rambling, unhelpful, wrong, rude) by a judge-free label from what the data "
            "generator knows (gptpipe/data/answer_labels.py): these measure the assistant, the reward "
            "measures the judge.", ""] if "sound" in table else []),
+        *_family_lines(metrics),
         *_verdict_lines(metrics.get("judge_free_verdicts", {}), metrics["confidence"]),
         "Win rates (how often the first model's answer outscores the second's on the same prompt; ties count half):", "",
         *[f"- {key.replace('_vs_', ' vs ').replace('_', ' ')}: {value:.3f}" for key, value in metrics["win_rates"].items()],
