@@ -379,14 +379,28 @@ def test_data_quality_findings_set_each_random_control_against_the_top_subset_of
     ]
     said = " ".join(study_findings(rows))
     assert "Highest judged reward of the SFT answers: <strong>top800</strong> (5.7)" in said
-    assert "At 800 pairs, the reward-filtered top800 (5.7) beats the random control random800 (4.5)" in said
-    assert "At 400 pairs, the reward-filtered top400 (3) does not beat the random control random400 (3.5)" in said
+    assert "At 800 pairs, the reward-filtered top800 (5.7) is ahead of the random control random800 (4.5)" in said
+    assert "At 400 pairs, the reward-filtered top400 (3) is not ahead of the random control random400 (3.5)" in said
+    assert "beats" not in said  # two means without an interval describe; they do not decide
     assert "sound answers" not in said  # older records have no such column
     rows[1]["test_sound_loss"], rows[3]["test_sound_loss"] = 0.9, 1.4
     said = " ".join(study_findings(rows))
     assert "Lowest test loss on the sound answers only: <strong>top800</strong> (0.9)" in said
     assert ("At 800 pairs, by the test loss on sound answers (no judge involved), the reward-filtered top800 "
-            "(0.9) beats the random control random800 (1.4)") in said
+            "(0.9) is ahead of the random control random800 (1.4)") in said
+
+
+def test_study_findings_lead_with_the_judge_free_verdicts():
+    rows = [{"point": "top800", "by": "chosen_reward", "pairs": 800, "test_loss": 2.7, "sft_reward": 5.7},
+            {"point": "random800", "by": "random", "pairs": 800, "test_loss": 1.7, "sft_reward": 4.5}]
+    verdicts = {"top800 vs random800": {
+        "exact accuracy": {"difference": 0.02, "ci_low": -0.03, "ci_high": 0.07, "discordant": 31, "verdict": "no difference"},
+        "sound-answer rate": {"difference": 0.12, "ci_low": 0.05, "ci_high": 0.19, "discordant": 40, "verdict": "higher"}}}
+    said = [str(s) for s in study_findings(rows, verdicts)]
+    assert said[0] == ("top800 vs random800, exact accuracy (judge-free, paired): +2.0 points [-3.0, +7.0]: "
+                       "no difference.")
+    assert said[1].endswith("+12.0 points [+5.0, +19.0]: <strong>top800 is higher</strong>.")
+    assert study_findings(rows) == study_findings(rows, {})[:]  # a record without verdicts: as before
 
 
 @pytest.mark.parametrize("budgets, r2, says", [

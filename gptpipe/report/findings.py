@@ -120,9 +120,24 @@ def extremes(rows: Sequence[Row], column: str, lowest: bool = True) -> tuple[str
     return ", ".join(labels), best
 
 
-def study_findings(rows: Sequence[Row]) -> list[Markup]:
-    """What a reader looks for first in a study table, in words."""
-    return [*_test_loss(rows), *_sound_loss(rows), *_judged(rows), *_tokens_to_target(rows), *_against_full(rows)]
+def study_findings(rows: Sequence[Row], verdicts: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None) -> list[Markup]:
+    """What a reader looks for first in a study table, in words: the judge-free verdicts first (the
+    only ones decided with an interval), then what the losses and the judge show."""
+    return [*_verdicts(verdicts or {}), *_test_loss(rows), *_sound_loss(rows), *_judged(rows),
+            *_tokens_to_target(rows), *_against_full(rows)]
+
+
+def _verdicts(verdicts: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[Markup]:
+    said = []
+    for pair, measures in verdicts.items():
+        later = pair.split(" vs ")[0]
+        for measure, v in measures.items():
+            outcome = {"higher": Markup("<strong>{} is higher</strong>").format(later),
+                       "lower": Markup("<strong>{} is lower</strong>").format(later)}.get(v.get("verdict"), "no difference")
+            said.append(Markup("{}, {} (judge-free, paired): {} points [{}, {}]: {}.").format(
+                pair, measure, f"{100 * v['difference']:+.1f}", f"{100 * v['ci_low']:+.1f}", f"{100 * v['ci_high']:+.1f}",
+                outcome))
+    return said
 
 
 def _test_loss(rows: Sequence[Row]) -> list[Markup]:
@@ -168,9 +183,10 @@ def _against_controls(rows: Sequence[Row], column: str, *, higher_is_better: boo
         if top is None:
             continue
         wins = top[column] > control[column] if higher_is_better else top[column] < control[column]
-        said.append(Markup("At {} pairs{}, the reward-filtered {} ({}) {} the random control {} ({}).").format(
+        # A comparison of two means without an interval: it describes, the verdicts above decide.
+        said.append(Markup("At {} pairs{}, the reward-filtered {} ({}) is {} the random control {} ({}).").format(
             fmt(control["pairs"]), measure, row_label(top), fmt(top[column]),
-            "beats" if wins else "does not beat", row_label(control), fmt(control[column])))
+            "ahead of" if wins else "not ahead of", row_label(control), fmt(control[column])))
     return said
 
 

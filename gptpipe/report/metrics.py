@@ -133,3 +133,5 @@ class StudyRecord:
 
     baseline: str | None  # a full commit hash
     rows: list[dict[str, Any]] | None
+    # "<later> vs <earlier>" -> measure -> paired_difference's figures (gptpipe.studies.verdicts)
+    verdicts: dict[str, dict[str, dict[str, Any]]] | None = None

@@ -100,7 +100,7 @@ def _study(name: str, params_sections: Sequence[str], title: str) -> Part:
     def draw(page: Page) -> list[Block]:
         record = from_json(StudyRecord, read_json(page.root / record_path, command) if page.has(record_path) else {})
         rows = record.rows or read_csv(page.root / csv)  # no record yet: the table its CSV holds
-        blocks: list[Block] = [Title(title), Finding(study_findings(rows))]
+        blocks: list[Block] = [Title(title), Finding(study_findings(rows, record.verdicts))]
         if page.has(md):
             blocks.append(Html(markdown_html((page.root / md).read_text(), heading_offset=3, best_column="test_loss")))
         if page.has(csv):
