@@ -94,7 +94,8 @@ def test_judge_and_evaluate_on_real_files(tiny_params, tokenized, judge_dir, tmp
     assert sft_m["exact_answer_accuracy"] == 1.0 and base_m["exact_answer_accuracy"] == 0.0
     # The judge-free labels: "It is <answer>." is sound, "I am not sure." an evasion.
     assert sft_m["labels"]["sound"] == 1.0 and base_m["labels"]["unhelpful"] == 1.0
-    assert sft_m["exact_answer_ci"][0] <= 1.0 <= sft_m["exact_answer_ci"][1] + 1e-12
+    assert sft_m["exact_answer_ci_low"] < 1.0 <= sft_m["exact_answer_ci_high"] + 1e-12
+    assert base_m["exact_answer_ci_low"] <= 1e-12 < base_m["exact_answer_ci_high"]
     assert set(pd.read_parquet(judged / "base.parquet")["label"]) == {"unhelpful"}
     run_score(params, tokenized.parent / "raw", judge_dir, tmp_path / "scored", tmp_path / "score.json", tmp_path / "sp")
     metrics = run_evaluate(params, judged, gen, tmp_path / "scored" / "test.parquet", raw_test,

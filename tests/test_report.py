@@ -416,3 +416,20 @@ def test_scaling_finding_states_the_exponents_only_as_far_as_they_were_fitted(bu
     said = " ".join(scaling_findings(from_json(ScalingMetrics, m)))
     assert says in said
     assert ("0.61" in said) == fitted and "—" not in said
+
+
+def test_a_study_page_states_each_verdict_once(project):
+    """The verdicts lead the study's findings; the notes under its table, which repeat them for the
+    standalone Markdown, drop them on the page, and keep the rest."""
+    from gptpipe.studies.verdicts import verdict_lines
+
+    verdicts = {"top800 vs random800": {
+        "exact accuracy": {"difference": 0.12, "ci_low": 0.05, "ci_high": 0.19, "discordant": 40, "verdict": "higher"}}}
+    rows = pd.DataFrame({"point": ["top800", "random800"], "by": ["chosen_reward", "random"], "pairs": [800, 800],
+                         "test_loss": [2.7, 1.7]})
+    write_table(rows, project / "plots/studies", "data-quality", [*verdict_lines(verdicts, 0.95), "A note kept."])
+    write_record(project / "metrics/studies/data-quality.json", "data-quality", "0" * 40, rows, verdicts=verdicts)
+    assert "+12.0 points" in (project / "plots/studies/data-quality.md").read_text()
+    build(project)
+    page = (project / "report/index.html").read_text()
+    assert page.count("+12.0 points [+5.0, +19.0]") == 1 and "A note kept." in page

@@ -21,7 +21,9 @@ import pyarrow.parquet as pq
 
 from gptpipe.data.answer_labels import LABELS
 from gptpipe.errors import UserError
-from gptpipe.evaluation.stats import MIN_DISCORDANT, mean_interval, paired_difference, proportion_interval
+from gptpipe.evaluation.stats import (
+    MIN_DISCORDANT, VERDICTS_HEADING, interval_text, mean_interval, paired_difference, proportion_interval, verdict_sentence,
+)
 from gptpipe.tables import markdown_table
 
 MODEL_ORDER = ("base", "sft", "dpo")
@@ -55,7 +57,9 @@ def reward_summary(frame: pd.DataFrame, confidence: float) -> dict[str, Any]:
     }
     if "correct" in frame:
         summary["exact_answer_accuracy"] = float(frame["correct"].mean())
-        summary["exact_answer_ci"] = list(proportion_interval(int(frame["correct"].sum()), len(frame), confidence))
+        # Scalars, not a list: `dvc exp show` and `dvc metrics diff` drop list-valued metrics.
+        low, high = proportion_interval(int(frame["correct"].sum()), len(frame), confidence)
+        summary["exact_answer_ci_low"], summary["exact_answer_ci_high"] = low, high
     if "family" in frame and "correct" in frame:
         summary["exact_by_family"] = {
             family: {"correct": int(group["correct"].sum()), "answers": len(group),
@@ -100,14 +104,11 @@ def judge_free_verdicts(frames: dict[str, pd.DataFrame], confidence: float) -> d
 def _verdict_lines(verdicts: dict[str, dict[str, Any]], confidence: float) -> list[str]:
     if not verdicts:
         return []
-    lines = [f"Judge-free verdicts (paired by prompt, {round(100 * confidence)}% interval of the difference; "
+    lines = [f"{VERDICTS_HEADING} (paired by prompt, {round(100 * confidence)}% interval of the difference; "
              f"fewer than {MIN_DISCORDANT} prompts answered differently, or an interval holding 0, is no difference):", ""]
     for pair, measures in verdicts.items():
         later, earlier = pair.split("_vs_")
-        for measure, v in measures.items():
-            said = {"higher": f"{later} is higher", "lower": f"{later} is lower"}.get(v["verdict"], "no difference")
-            lines.append(f"- {later} vs {earlier}, {measure}: {100 * v['difference']:+.1f} points "
-                         f"[{100 * v['ci_low']:+.1f}, {100 * v['ci_high']:+.1f}], {v['discordant']} prompts differ: **{said}**")
+        lines += [f"- {verdict_sentence(later, earlier, measure, v)}" for measure, v in measures.items()]
     return lines + [""]
 
 
@@ -141,16 +142,16 @@ def summary_table(metrics: dict[str, Any]) -> pd.DataFrame:
     for name, m in metrics["models"].items():
         rows.append({
             "model": name, "mean_reward": m["mean_reward"],
-            f"ci{round(100 * metrics['confidence'])}": f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}]",
+            f"ci{round(100 * metrics['confidence'])}": interval_text(m["ci_low"], m["ci_high"]),
             "win_vs_dataset_chosen": metrics["win_rates"][f"{name}_vs_dataset_chosen"],
             "exact_answer_accuracy": m.get("exact_answer_accuracy"),
-            **({"exact_ci": "[{:.3f}, {:.3f}]".format(*m["exact_answer_ci"])} if "exact_answer_ci" in m else {}),
+            **({"exact_ci": interval_text(m["exact_answer_ci_low"], m["exact_answer_ci_high"])} if "exact_answer_ci_low" in m else {}),
             **{label: rate for label, rate in m.get("labels", {}).items()},
             "mean_tokens": m["mean_tokens"],
         })
     for name, m in metrics["reference"].items():
         rows.append({"model": name, "mean_reward": m["mean_reward"],
-                     f"ci{round(100 * metrics['confidence'])}": f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}]"})
+                     f"ci{round(100 * metrics['confidence'])}": interval_text(m["ci_low"], m["ci_high"])})
     return pd.DataFrame(rows)
 
 

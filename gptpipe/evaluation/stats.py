@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,27 @@ def paired_difference(later: np.ndarray, earlier: np.ndarray, confidence: float)
 
 # Prompts answered differently below which a paired difference of rates is "no difference".
 MIN_DISCORDANT = 10
+
+
+VERDICTS_HEADING = "Judge-free verdicts"
+
+
+def is_verdict_line(line: str) -> bool:
+    """A line of a verdict block (its heading or a verdict_sentence), for a page that states them elsewhere."""
+    return line.lstrip("- ").startswith(VERDICTS_HEADING) or " prompts differ: **" in line
+
+
+def verdict_sentence(later: str, earlier: str, measure: str, verdict: dict[str, Any]) -> str:
+    """One paired_difference as Markdown: "sft vs base, exact accuracy: +63.5 points [+56.6, +70.4],
+    127 prompts differ: **sft is higher**"."""
+    said = {"higher": f"{later} is higher", "lower": f"{later} is lower"}.get(verdict["verdict"], "no difference")
+    return (f"{later} vs {earlier}, {measure}: {100 * verdict['difference']:+.1f} points "
+            f"[{100 * verdict['ci_low']:+.1f}, {100 * verdict['ci_high']:+.1f}], "
+            f"{verdict['discordant']} prompts differ: **{said}**")
+
+
+def interval_text(low: float, high: float) -> str:
+    return f"[{low:.3f}, {high:.3f}]"
 
 
 def win_rate(a: np.ndarray, b: np.ndarray) -> float:

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from markupsafe import Markup
 
+from gptpipe.evaluation.stats import is_verdict_line
 from gptpipe.report.blocks import Block, Downloads, Finding, Html, KeyValues, Legend, Link, NotRun, Title
 from gptpipe.report.findings import (dpo_findings, filter_findings, reward_findings, scaling_findings,
                                      score_findings, study_findings, training_finding)
@@ -102,7 +103,10 @@ def _study(name: str, params_sections: Sequence[str], title: str) -> Part:
         rows = record.rows or read_csv(page.root / csv)  # no record yet: the table its CSV holds
         blocks: list[Block] = [Title(title), Finding(study_findings(rows, record.verdicts))]
         if page.has(md):
-            blocks.append(Html(markdown_html((page.root / md).read_text(), heading_offset=3, best_column="test_loss")))
+            text = (page.root / md).read_text()
+            if record.verdicts:  # the finding above states them
+                text = "\n".join(line for line in text.splitlines() if not is_verdict_line(line))
+            blocks.append(Html(markdown_html(text, heading_offset=3, best_column="test_loss")))
         if page.has(csv):
             blocks.append(Downloads([Link(page.attach(csv), f"{name}.csv")]))
         blocks.append(page.figures([png]))

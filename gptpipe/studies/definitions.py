@@ -19,6 +19,7 @@ from gptpipe import figures as plots
 from gptpipe.config import SftConfig, load_params
 from gptpipe.train.optim import DEFAULT_LR, STATE_COPIES
 from gptpipe.errors import UserError
+from gptpipe.evaluation.stats import interval_text, proportion_interval
 from gptpipe.studies.runner import (
     Point, Result, collect, recorded_baseline, recorded_seeds, run_points, write_record, write_table,
 )
@@ -96,10 +97,13 @@ def judged_columns(r: Result) -> dict[str, Any]:
     """The SFT model's answers: exact accuracy (with its interval) and the sound-answer rate by the
     judge-free labels, beside the judge's mean reward. Blank where the data has no ground truth."""
     judge = r.metrics.get(JUDGE_SFT, {})
-    ci = judge.get("exact_answer_ci")
+    accuracy, answers = judge.get("exact_answer_accuracy"), judge.get("answers")
+    interval = None
+    if accuracy is not None and answers:  # from the rate, so records written before the interval was a metric have it
+        interval = interval_text(*proportion_interval(round(accuracy * answers), answers, judge["confidence"]))
     return {
-        "exact_answer_accuracy": judge.get("exact_answer_accuracy"),
-        "exact_ci": f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else None,
+        "exact_answer_accuracy": accuracy,
+        "exact_ci": interval,
         "sound_rate": (judge.get("labels") or {}).get("sound"),
         "sft_reward": judge.get("mean_reward"),
     }
@@ -355,8 +359,8 @@ def run_study(study: Study, *, report_only: bool, seeds: int = 1) -> pd.DataFram
     record = RECORDS / f"{study.name}.json"
     if report_only:
         baseline, seeds = recorded_baseline(record), recorded_seeds(record)
-    points = study.points()
-    runs = seeded_points(points, seeds, load_params("params.yaml").shared.seed)
+    params = load_params("params.yaml")
+    runs = seeded_points(study.points(), seeds, params.shared.seed)
     if not report_only:
         baseline = run_points(study.name, [run for run, _, _ in runs], study.target)
     results = collect(study.name, [run.label for run, _, _ in runs], baseline, [SFT_SERIES])
@@ -367,7 +371,7 @@ def run_study(study: Study, *, report_only: bool, seeds: int = 1) -> pd.DataFram
     table.insert(0, "point", [point_of[r.label][0] for r in results])
     if seeds > 1:
         table = mean_over_seeds(table)
-    confidence = load_params("params.yaml").evaluate.confidence
+    confidence = params.evaluate.confidence
     verdicts = study_verdicts(study, results, point_of, seeds, confidence)
     write_table(table, TABLES, study.name, [*verdict_lines(verdicts, confidence), *study.notes(results), *_seed_note(seeds)])
     write_record(record, study.name, baseline, table, verdicts=verdicts, seeds=seeds)

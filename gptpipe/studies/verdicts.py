@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gptpipe.evaluation.stats import MIN_DISCORDANT, paired_difference
+from gptpipe.evaluation.stats import MIN_DISCORDANT, VERDICTS_HEADING, paired_difference, verdict_sentence
 
 JUDGED_SFT = "data/judged/sft.parquet"
 MEASURES = ("exact accuracy", "sound-answer rate")
@@ -39,11 +39,11 @@ def outcomes(frame: pd.DataFrame) -> dict[str, pd.Series]:
 
 def paired_verdict(later: Sequence[pd.DataFrame], earlier: Sequence[pd.DataFrame], confidence: float) -> dict[str, Any]:
     """later[k] and earlier[k] are the two points' answers under seed k; each measure's verdict."""
+    pairs = [(outcomes(x), outcomes(y)) for x, y in zip(later, earlier, strict=True)]
     verdicts = {}
     for measure in MEASURES:
         a, b = [], []
-        for later_frame, earlier_frame in zip(later, earlier, strict=True):
-            x, y = outcomes(later_frame)[measure], outcomes(earlier_frame)[measure]
+        for x, y in ((xs[measure], ys[measure]) for xs, ys in pairs):
             shared = x.index.intersection(y.index)
             a.append(x.loc[shared].to_numpy())
             b.append(y.loc[shared].to_numpy())
@@ -55,14 +55,10 @@ def verdict_lines(verdicts: dict[str, dict[str, Any]], confidence: float) -> lis
     """Markdown notes: one line per compared pair and measure."""
     if not verdicts:
         return []
-    lines = [f"Judge-free verdicts (SFT answers paired by prompt, pooled over seeds; {round(100 * confidence)}% "
+    lines = [f"{VERDICTS_HEADING} (SFT answers paired by prompt, pooled over seeds; {round(100 * confidence)}% "
              f"interval of the difference; an interval holding 0 or fewer than {MIN_DISCORDANT} differing "
              "answers is no difference):"]
     for pair, measures in verdicts.items():
         later, earlier = pair.split(" vs ")
-        for measure, v in measures.items():
-            said = {"higher": f"{later} is higher", "lower": f"{later} is lower"}.get(v["verdict"], "no difference")
-            lines.append(f"{later} vs {earlier}, {measure}: {100 * v['difference']:+.1f} points "
-                         f"[{100 * v['ci_low']:+.1f}, {100 * v['ci_high']:+.1f}], {v['discordant']} answers "
-                         f"differ: **{said}**")
+        lines += [verdict_sentence(later, earlier, measure, v) for measure, v in measures.items()]
     return lines
