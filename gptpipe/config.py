@@ -252,7 +252,7 @@ class DpoConfig(LoopConfig):
     """DPO (Rafailov et al. 2023) from models/sft; its training knobs are the loop's."""
 
     # The DPO paper's 0.1 suits a pretrained policy at lr 1e-6 (the full preset); the embedded
-    # default's tiny policy at lr 3e-4 reaches higher test preference accuracy in fewer steps at 0.3.
+    # default's tiny policy reaches higher test preference accuracy in fewer steps at 0.3.
     beta: PositiveFloat = 0.3
     # sigmoid: DPO; ipo: (h - 1/(2 beta))^2 on summed log-ratios (Azar et al. 2023).
     loss: Literal["sigmoid", "ipo"] = "sigmoid"
@@ -262,7 +262,9 @@ class DpoConfig(LoopConfig):
     # live: the frozen reference runs beside the policy every step.
     reference: Literal["cached", "live"] = "cached"
     lora: LoraConfig = LoraConfig()
-    lr: PositiveFloat | None = 3e-4
+    # 3e-4 once left DPO's exact accuracy 11.5 points under SFT's (answers turned wrong: the chosen
+    # and rejected log-probs both fall and the mass moves elsewhere); 1e-4 kept it at SFT's.
+    lr: PositiveFloat | None = 1e-4
     max_steps: PositiveInt = 40
     warmup_steps: NonNegativeInt = 4
     eval_every: PositiveInt = 10
@@ -356,6 +358,19 @@ class Params(Section):
                 f"tokenize.max_length: {self.tokenize.max_length} exceeds "
                 f"model.n_positions={self.model.n_positions}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _keep_fits_the_synthetic_data(self) -> Params:
+        # Generated data has a known size before any work; a folder's or the hub's is checked by the
+        # download stage as soon as it is read (gptpipe.data.sources.check_keep_fits).
+        if self.data.source == "synthetic" and self.filter.keep is not None:
+            pairs = min(self.data.synthetic.n_train, self.data.max_pairs or self.data.synthetic.n_train)
+            if self.filter.keep > pairs:
+                raise ValueError(
+                    f"filter.keep: {self.filter.keep} exceeds the {pairs} synthetic train pairs "
+                    "(data.synthetic.n_train, data.max_pairs); use at most that or null"
+                )
         return self
 
 

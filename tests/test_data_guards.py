@@ -12,7 +12,6 @@ import pytest
 
 from gptpipe.config import DataConfig, ParamsError, parse_params
 from gptpipe.data import hh
-from gptpipe.data.hh import DataFileError
 from gptpipe.data.sources import SourceUnreachable
 from gptpipe.errors import UserError, run_or_exit
 from stage_runs import download
@@ -238,3 +237,28 @@ def test_offline_hub_source_fails_in_seconds(tmp_path, out, monkeypatch, capfd):
     assert captured.out == "" and captured.err.count("\n") == 1
     assert "huggingface.co is unreachable" in captured.err and "data.source=dir" in captured.err
     assert (out / "train.parquet").read_bytes() == SENTINEL and not (tmp_path / "m.json").exists()
+
+
+# filter.keep against the data, as soon as its size is known: in params for generated data, in the
+# download stage for a folder (not after base, reward and score have run).
+
+
+def test_keep_larger_than_the_synthetic_data_fails_in_params():
+    with pytest.raises(ParamsError, match=r"^params: filter\.keep: 4001 exceeds the 4000 synthetic train pairs"):
+        parse_params({"filter": {"keep": 4001}})
+    with pytest.raises(ParamsError, match=r"filter\.keep: 600 exceeds the 500 synthetic"):
+        parse_params({"filter": {"keep": 600}, "data": {"max_pairs": 500}})
+    assert parse_params({"filter": {"keep": 4000}}).filter.keep == 4000  # the boundary is allowed
+    assert parse_params({"filter": {"keep": 9000}, "data": {"source": "dir", "dir": "/x"}}).filter.keep == 9000
+
+
+def test_keep_larger_than_a_folders_train_split_fails_the_download_before_writing(tmp_path, out, capsys):
+    folder = tmp_path / "hh" / "helpful-base"
+    write_split(folder, "train.jsonl", [pair(i) for i in range(20)])
+    write_split(folder, "test.jsonl", [pair(i) for i in range(100, 110)])
+    with pytest.raises(SystemExit):
+        run_or_exit(lambda: download_stage.run(dir_cfg(tmp_path / "hh"), 0, out, tmp_path / "m.json", keep=21))
+    assert capsys.readouterr().err == "error: filter.keep: 21 exceeds the 20 train pairs read; use at most 20 or null\n"
+    assert (out / "train.parquet").read_bytes() == SENTINEL and not (tmp_path / "m.json").exists()
+    download_stage.run(dir_cfg(tmp_path / "hh"), 0, out, tmp_path / "m.json", keep=20)  # the boundary
+    assert pq.read_table(out / "train.parquet").num_rows == 20
