@@ -159,3 +159,11 @@ def test_hub_source_offline_names_the_offline_sources(monkeypatch):
     assert "Anthropic/hh-rlhf" in message and "data.source=dir" in message and "synthetic" in message
     assert "http://127.0.0.1:9 is unreachable" in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n", gzip.compress(b"")])
+def test_an_empty_file_is_named_empty_not_bad_json(tmp_path, content):
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataFileError, match=r"train.jsonl: empty \(no records\); download it again, or remove it"):
+        hh.read_jsonl(path)

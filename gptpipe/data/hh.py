@@ -152,6 +152,10 @@ def read_jsonl(path: str | Path) -> list[Any]:
         except (OSError, EOFError) as err:
             raise DataFileError(f"{path}: corrupt gzip file ({err}); download it again") from None
     values = [_decode_line(line) for line in raw.splitlines() if line.strip()]
+    if not values:
+        raise DataFileError(
+            f"{path}: empty (no records); download it again, or remove it to carve this split from the other"
+        )
     if not any(isinstance(value, dict) for value in values):
         raise DataFileError(
             f"{path}: not JSON Lines (no line is a JSON object); "

@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 from gptpipe.data.answer_labels import LABELS
 from gptpipe.errors import UserError
 from gptpipe.evaluation.stats import (
-    MIN_DISCORDANT, VERDICTS_HEADING, interval_text, mean_interval, paired_difference, proportion_interval, verdict_sentence,
+    MIN_DISCORDANT, VERDICTS_HEADING, interval_text, mean_interval, paired_difference, proportion_interval,
+    verdict_sentence,
 )
 from gptpipe.tables import markdown_table
 
