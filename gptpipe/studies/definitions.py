@@ -160,8 +160,8 @@ def optimizer_notes(results: list[Result]) -> list[str]:
     return [
         f"tokens_to_target: tokens seen until the test loss first reached {target_loss(results):.4f}, "
         "the worst final test loss of the study (evaluated every train.eval_every steps).",
-        "Each optimizer ran at its family's default lr (gptpipe.train.optim.DEFAULT_LR), not one shared lr. "
-        "Adam and AdamW coincide when train.weight_decay is 0 (the default).",
+        "Each optimizer ran at its family's default lr (gptpipe.train.optim.DEFAULT_LR) times "
+        "train.lr / 1e-3 (the lr column), not one shared lr. Adam and AdamW coincide when train.weight_decay is 0 (the default).",
         "tokens_per_s is wall-clock: compare it only between rows measured on an otherwise idle machine.",
         "Memory: parameters, gradients and optimizer state are tensor bytes counted after the first "
         "step; theory is 0 (SGD), 1 (momentum, Nesterov) or 2 (Adam, AdamW) fp32 copies of the "
