@@ -4,7 +4,8 @@ metrics that say what was read, kept and dropped by reason."""
 from pathlib import Path
 
 from gptpipe.config import DataConfig, load_params
-from gptpipe.data.sources import SPLITS, check_keep_fits, parse_source, write_pairs
+from gptpipe.data.sources import SPLITS, parse_source, write_pairs
+from gptpipe.data.subsets import check_keep_fits
 from gptpipe.entry import run_stage
 from gptpipe.files import write_json
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow as pa
 
 from gptpipe.config import FilterConfig, load_params
-from gptpipe.data.subsets import filter_metrics, select
+from gptpipe.data.subsets import check_keep_fits, filter_metrics, select
 from gptpipe.data.tokenizer import read_arrow, write_arrow
 from gptpipe.entry import run_stage
 from gptpipe.errors import UserError
@@ -19,9 +19,8 @@ def run(filter_cfg: FilterConfig, seed: int, scored: Path, tokenized: Path, out:
     table = read_arrow(tokenized / "train.arrow")
     if frame["id"].tolist() != table.column("id").to_pylist():
         raise UserError(f"{scored}/train.parquet: its pairs differ from {tokenized}/train.arrow; rerun the score stage")
+    check_keep_fits(filter_cfg.keep, len(frame))
     keep = filter_cfg.keep if filter_cfg.keep is not None else len(frame)
-    if keep > len(frame):
-        raise UserError(f"filter.keep: {filter_cfg.keep} exceeds the {len(frame)} train pairs; use at most {len(frame)} or null")
     kept = select(frame, keep, filter_cfg.by, seed)
     with atomic_path(out) as tmp:
         tmp.mkdir()

@@ -63,15 +63,6 @@ def parse_source(cfg: DataConfig, seed: int) -> tuple[dict[str, list[Pair]], dic
     return pairs_by_split, metrics
 
 
-def check_keep_fits(keep: int | None, train_pairs: int) -> None:
-    """filter.keep against the train split, as soon as its size is known: a subset larger than the
-    data would otherwise fail in the filter stage, after base, reward and score have run."""
-    if keep is not None and keep > train_pairs:
-        raise UserError(
-            f"filter.keep: {keep} exceeds the {train_pairs} train pairs read; use at most {train_pairs} or null"
-        )
-
-
 def read_source(cfg: DataConfig, seed: int) -> RawSplits:
     """Raw records per split, where each came from, and (for a one-split folder) the carve."""
     if cfg.source == "synthetic":

@@ -12,6 +12,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gptpipe.errors import UserError
+
+
+def check_keep_fits(keep: int | None, train_pairs: int) -> None:
+    """filter.keep against the train split, in the filter stage and, as soon as the data's size is
+    known, in the download stage (a subset too large would otherwise fail after base, reward, score)."""
+    if keep is not None and keep > train_pairs:
+        raise UserError(
+            f"filter.keep: {keep} exceeds the {train_pairs} train pairs read; use at most {train_pairs} or null"
+        )
+
 
 def select(frame: pd.DataFrame, size: int, by: str, seed: int) -> np.ndarray:
     """Row positions of the pairs kept: the `size` highest by `by` (ties broken by position), or random."""
