@@ -287,6 +287,19 @@ for _name, _summary in STAGES:
 
 
 @app.command()
+def restore(stage: Annotated[str, typer.Argument(help="a stage as dvc.lock names it: base, judge@sft, ...")]) -> None:
+    """Bring back a stage's last good outputs after a failed run: its cached ones and its metrics and
+    plots, as dvc.lock records them (`dvc checkout` alone skips the `cache: false` files)."""
+    from gptpipe.restore import restore as restore_stage
+
+    try:
+        copied = restore_stage(stage)
+    except UserError as err:
+        _fail(err)
+    typer.echo(f"{stage}: last good outputs in place" + (f" ({', '.join(copied)} from the DVC cache)" if copied else ""))
+
+
+@app.command()
 def study(
     name: Annotated[str, typer.Argument(help="optimizers | lora | data-quality | scaling")],
     report: Annotated[bool, typer.Option("--report", help="Rebuild the table from experiments already run.")] = False,

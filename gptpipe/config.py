@@ -41,8 +41,10 @@ class Section(BaseModel):
 class SharedConfig(Section):
     seed: NonNegativeInt = 1337
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # bfloat16 means autocast around the forward pass; weights and optimizer state stay fp32.
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    # bfloat16 and float16 mean autocast around the forward pass; weights and optimizer state stay
+    # fp32. float16 (GPUs without native bf16: compute capability below 8.0) adds dynamic loss
+    # scaling, since its gradients would underflow; bfloat16 has fp32's range and needs none.
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     compile: bool = False
     # DDP processes for the training stages (base, reward, sft, dpo): above 1, `dvc repro` launches
     # each under torchrun itself (one process per GPU), so dvc.lock records the run like any other.
@@ -361,17 +363,43 @@ class Params(Section):
         return self
 
     @model_validator(mode="after")
-    def _keep_fits_the_synthetic_data(self) -> Params:
+    def _fits_the_synthetic_data(self) -> Params:
         # Generated data has a known size before any work; a folder's or the hub's is checked by the
-        # download stage as soon as it is read (gptpipe.data.sources.check_keep_fits).
-        if self.data.source == "synthetic" and self.filter.keep is not None:
+        # download stage as soon as it is read (check_fits_data there).
+        if self.data.source == "synthetic":
             pairs = min(self.data.synthetic.n_train, self.data.max_pairs or self.data.synthetic.n_train)
-            if self.filter.keep > pairs:
-                raise ValueError(
-                    f"filter.keep: {self.filter.keep} exceeds the {pairs} synthetic train pairs "
-                    "(data.synthetic.n_train, data.max_pairs); use at most that or null"
-                )
+            try:
+                self.check_fits_data(pairs, "synthetic train pairs (data.synthetic.n_train, data.max_pairs)")
+            except UserError as err:
+                raise ValueError(str(err)) from None
         return self
+
+    def check_fits_data(self, train_pairs: int, read: str = "train pairs read") -> None:
+        """filter.keep and each training stage's batch_size against the train split, so that a
+        subset or a batch larger than the data fails before base, reward and score have run."""
+        check_keep_fits(self.filter.keep, train_pairs, read)
+        dialogues = "train dialogues (a chosen and a rejected per pair)"
+        # the scaling stage fine-tunes hub weights on responses, and pretrains scratch shapes on dialogues
+        scaling_draws = ("chosen responses", train_pairs) if self.scaling.fine_tunes else (dialogues, 2 * train_pairs)
+        sets = {  # section → (batch, what it draws from, how many of those there are)
+            "reward": (self.reward.batch_size, read, train_pairs),
+            "train": (self.train.batch_size, "pairs SFT trains on (filter.keep, or every train pair)",
+                      self.filter.keep or train_pairs),
+            "dpo": (self.dpo.batch_size, read, train_pairs),
+            "scaling": (self.scaling.batch_size, *scaling_draws),
+        }
+        if self.model.init == "scratch":  # hub weights skip pretraining
+            sets["base"] = (self.base.batch_size, dialogues, 2 * train_pairs)
+        for section, (batch, what, available) in sets.items():
+            if batch > available:
+                raise UserError(f"{section}.batch_size: {batch} exceeds the {available} {what}; lower "
+                                f"{section}.batch_size (and micro_batch_size) to at most {available}, or use more data")
+
+
+def check_keep_fits(keep: int | None, train_pairs: int, read: str = "train pairs read") -> None:
+    """filter.keep against the train split (the filter stage; the download stage via check_fits_data)."""
+    if keep is not None and keep > train_pairs:
+        raise UserError(f"filter.keep: {keep} exceeds the {train_pairs} {read}; use at most {train_pairs} or null")
 
 
 def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:

@@ -47,7 +47,7 @@ def run_stage(main: Callable[..., object], argv: Sequence[str] | None = None, di
         try:
             main(**arguments)
         except UserError as err:
-            raise UserError(f"{err} [the last good outputs: `dvc checkout {stage}`]") from None
+            raise UserError(f"{err} [the last good outputs: `gptpipe restore {stage}`]") from None
 
     run_or_exit(guarded)
 

@@ -6,12 +6,33 @@ Stages and the CLI print these as one line and exit 1; anything else is our bug 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import NoReturn
 
 
 class UserError(Exception):
     """Bad params, a bad input file, or an asset that could not be reached."""
+
+
+# The fix for a corrupt file that a stage of this pipeline wrote.
+FROM_A_STAGE = "bring back the last good copy (`gptpipe restore <the stage that writes it>`) or rerun that stage"
+
+
+@contextmanager
+def reading(path: str | Path, what: str, fix: str = FROM_A_STAGE) -> Iterator[None]:
+    """Reading an input that another stage wrote: any failure is one line naming the file and the fix.
+
+    A corrupt or foreign file fails in whatever library parses it (safetensors, Arrow, Parquet, JSON,
+    each with its own exception types); inside this block all of them mean the same to the user."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 (only the read is inside the block)
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        raise UserError(f"{path}: not a readable {what} ({type(err).__name__}: {first}); {fix}") from None
 
 
 def run_or_exit(main: Callable[[], object]) -> None:

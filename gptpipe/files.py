@@ -13,30 +13,50 @@ from typing import Any
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success it replaces `path` (file or folder) in one rename."""
+    """Yield a temp path beside `path`; on success it replaces `path` (file or folder) by renames
+    such that a kill at any point leaves the old or the new output, never neither."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clear_stale_temps(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _sibling(path, "tmp")
     _remove(tmp)
     try:
         yield tmp
-        _remove(path)
-        os.replace(tmp, path)
+        if path.exists() and (tmp.is_dir() or path.is_dir()):
+            # A rename cannot put a folder over a folder: the old one moves aside first. Killed
+            # between the two renames, it waits there and the next write puts it back.
+            old = _sibling(path, "old")
+            _remove(old)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            _remove(old)
+        else:
+            os.replace(tmp, path)  # over a file: one atomic rename
     finally:
         _remove(tmp)
 
 
 def clear_stale_temps(path: Path) -> list[Path]:
-    """Remove the temp siblings of `path` left by a process that died mid-write (kill -9 while a
-    model was being saved): `.<name>.tmp-<pid>` whose pid no longer runs. Returns what it removed."""
+    """Clear what a process that died mid-write left beside `path` (kill -9 while a model was being
+    saved): its temp `.<name>.tmp-<pid>` is removed; its `.<name>.old-<pid>` (the last good output,
+    moved aside for the new one) goes back to `path` if nothing took its place, else is removed."""
     removed = []
-    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _running(int(pid)):
-            _remove(tmp)
-            removed.append(tmp)
+    for kind in ("old", "tmp"):
+        for left in sorted(path.parent.glob(f".{path.name}.{kind}-*")):
+            pid = left.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or _running(int(pid)):
+                continue
+            if kind == "old" and not path.exists():
+                os.replace(left, path)
+                continue
+            _remove(left)
+            removed.append(left)
     return removed
+
+
+def _sibling(path: Path, kind: str) -> Path:
+    # The names .dvcignore hides from DVC: a leftover inside a folder output changes no hash.
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
 
 
 def _running(pid: int) -> bool:

@@ -55,7 +55,7 @@ def memory_report(params: Params, card: Card | None) -> tuple[list[str], list[st
     if params.shared.dtype == "bfloat16" and not card.bf16:
         problems.append(
             f"shared.dtype=bfloat16: {card.name} has no native bf16 (compute capability below 8.0) and "
-            "would emulate it, slowly; set shared.dtype=float32"
+            "would emulate it, slowly; set shared.dtype=float16 (autocast with loss scaling) or float32"
         )
     for job in jobs(params):
         try:

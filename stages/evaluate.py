@@ -10,7 +10,7 @@ import pandas as pd
 from gptpipe import figures as plots
 from gptpipe.config import EvaluateConfig, load_params
 from gptpipe.entry import run_stage
-from gptpipe.errors import UserError
+from gptpipe.errors import UserError, reading
 from gptpipe.evaluation.judge import (
     judge_free_verdicts, load_judged, read_answers, report_markdown, reward_summary, summary_table,
 )
@@ -25,7 +25,9 @@ def run(models: tuple[str, ...], evaluate: EvaluateConfig, judged: Path, generat
     for name, frame in frames.items():
         if frame["id"].tolist() != ids.tolist():
             raise UserError(f"{judged}/{name}.parquet: answers other prompts than the other models; rerun generate")
-    dataset = pd.read_parquet(scored_test).set_index("id").loc[ids]
+    with reading(scored_test, "Parquet table"):
+        dataset = pd.read_parquet(scored_test)
+    dataset = dataset.set_index("id").loc[ids]
     confidence = evaluate.confidence
     rewards = {name: frame["reward"].to_numpy() for name, frame in frames.items()}
     references = {"dataset chosen": dataset["chosen_reward"].to_numpy(), "dataset rejected": dataset["rejected_reward"].to_numpy()}

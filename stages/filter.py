@@ -6,16 +6,17 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from gptpipe.config import FilterConfig, load_params
-from gptpipe.data.subsets import check_keep_fits, filter_metrics, select
+from gptpipe.config import FilterConfig, check_keep_fits, load_params
+from gptpipe.data.subsets import filter_metrics, select
 from gptpipe.data.tokenizer import read_arrow, write_arrow
 from gptpipe.entry import run_stage
-from gptpipe.errors import UserError
+from gptpipe.errors import UserError, reading
 from gptpipe.files import atomic_path, write_json
 
 
 def run(filter_cfg: FilterConfig, seed: int, scored: Path, tokenized: Path, out: Path, metrics: Path) -> dict:
-    frame = pd.read_parquet(scored / "train.parquet")
+    with reading(scored / "train.parquet", "Parquet table"):
+        frame = pd.read_parquet(scored / "train.parquet")
     table = read_arrow(tokenized / "train.arrow")
     if frame["id"].tolist() != table.column("id").to_pylist():
         raise UserError(f"{scored}/train.parquet: its pairs differ from {tokenized}/train.arrow; rerun the score stage")

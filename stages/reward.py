@@ -14,6 +14,7 @@ from gptpipe.config import RewardConfig, SharedConfig, load_params
 from gptpipe.data.batches import StepPlan, eval_indices, eval_sample, pair_examples
 from gptpipe.data.tokenizer import read_splits
 from gptpipe.entry import run_stage
+from gptpipe.errors import reading
 from gptpipe.files import write_json, write_tsv
 from gptpipe.models.reward import HFScorer, load_hub_classifier, reward_model_from, save_reward_model
 from gptpipe.train.checkpoint import discard, run_key
@@ -72,7 +73,8 @@ def _fetch_hub_judge(shared: SharedConfig, reward: RewardConfig, raw: Path, out:
                       inference_device(shared.device))
     row = {"step": 0, "tokens": 0, "flops": 0.0, "lr": 0.0}
     for split in ("train", "test"):
-        pairs = pd.read_parquet(raw / f"{split}.parquet")
+        with reading(raw / f"{split}.parquet", "Parquet table"):
+            pairs = pd.read_parquet(raw / f"{split}.parquet")
         sample = pairs.iloc[sorted(eval_indices(len(pairs), reward.eval_samples, shared.seed))]
         prompts = sample["prompt"].tolist()
         margin = (scorer.score(prompts, sample["chosen"].tolist(), desc=f"{split} chosen")

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 from gptpipe import figures as plots
 from gptpipe.config import ScoreConfig, load_params
 from gptpipe.entry import run_stage
+from gptpipe.errors import reading
 from gptpipe.evaluation.scores import score_pairs, summarise_scores
 from gptpipe.files import atomic_path, write_json
 from gptpipe.models.reward import load_scorer
@@ -22,7 +23,8 @@ def run(device: str, score: ScoreConfig, hf_max_length: int, raw: Path, reward: 
     frames: dict[str, pd.DataFrame] = {}
     figures: dict[str, Any] = {"scorer": scorer.name}
     for split in ("train", "test"):
-        pairs = pq.read_table(raw / f"{split}.parquet").to_pandas()
+        with reading(raw / f"{split}.parquet", "Parquet table"):
+            pairs = pq.read_table(raw / f"{split}.parquet").to_pandas()
         frames[split] = score_pairs(pairs, scorer, split)
         figures[split] = summarise_scores(frames[split])
     figures["sequences_per_s"] = round(scorer.speed.per_s, 1)

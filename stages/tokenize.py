@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 from gptpipe.config import TokenizeConfig, load_params
 from gptpipe.data.tokenizer import LEN_COLUMNS, tokenize_split, write_arrow
 from gptpipe.entry import run_stage
+from gptpipe.errors import reading
 from gptpipe.files import atomic_path, write_json
 
 
@@ -18,7 +19,9 @@ def run(tokenize: TokenizeConfig, raw: Path, out: Path, metrics: Path) -> dict:
     figures: dict[str, Any] = {"max_length": tokenize.max_length}
     tables = {}
     for split in ("train", "test"):
-        tables[split], counts = tokenize_split(pq.read_table(raw / f"{split}.parquet"), tokenize)
+        with reading(raw / f"{split}.parquet", "Parquet table"):
+            pairs = pq.read_table(raw / f"{split}.parquet")
+        tables[split], counts = tokenize_split(pairs, tokenize)
         n_tokens = sum(pc.sum(tables[split].column(c)).as_py() or 0 for c in LEN_COLUMNS)
         figures[split] = {"pairs": tables[split].num_rows, "tokens": n_tokens, **counts}
     total = sum(figures[s]["tokens"] for s in ("train", "test"))

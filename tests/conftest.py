@@ -17,6 +17,7 @@ sys.path.insert(0, str(REPO))  # the stage modules (stages/), which tests call t
 from gptpipe.config import parse_params  # noqa: E402
 from stage_runs import download, run_tokenize  # noqa: E402
 from tiny import TINY  # noqa: E402
+from dvc_project import tiny_repro  # noqa: E402
 
 # ../shared beside the checkout (also in CI); GPTPIPE_SHARED points elsewhere.
 SHARED = Path(os.environ.get("GPTPIPE_SHARED", REPO.parent / "shared"))
@@ -27,6 +28,13 @@ def hh_dir() -> Path:
     if not (HH_DIR / "harmless-base" / "test.jsonl.gz").is_file():
         pytest.skip(f"the real HH files are not at {HH_DIR} (set GPTPIPE_SHARED)")
     return HH_DIR
+
+
+@pytest.fixture(scope="session")
+def repro_project(tmp_path_factory) -> Path:
+    """This project with the tiny params in a fresh git repo, after the real `dvc repro`. Shared by
+    the modules that drive DVC; each test leaves it as it found it (`dvc checkout -f`)."""
+    return tiny_repro(tmp_path_factory.mktemp("project"))
 
 
 @pytest.fixture(scope="session")

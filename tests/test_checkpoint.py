@@ -38,6 +38,20 @@ def test_a_checkpoint_holding_code_is_refused(tmp_path):
     assert path.exists()  # left for the user to look at, never run
 
 
+def test_the_fp16_loss_scale_survives_a_checkpoint_and_fp32_saves_none(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.scale(model(torch.ones(1, 2)).sum())  # the scale starts lazily, at its first use
+    scaler.update(new_scale=123.0)  # as after overflows halved it
+    checkpoint.save_checkpoint(tmp_path / "fp16.pt", model, optimizer, RunState(), scaler)
+    resumed = torch.amp.GradScaler("cpu")
+    assert load_checkpoint(tmp_path / "fp16.pt", model, optimizer, RunState(), resumed)
+    assert resumed.get_scale() == 123.0
+    checkpoint.save_checkpoint(tmp_path / "fp32.pt", model, optimizer, RunState(), torch.amp.GradScaler("cpu", enabled=False))
+    assert "scaler" not in torch.load(tmp_path / "fp32.pt", weights_only=True)
+
+
 def test_a_truncated_checkpoint_is_one_line_too(tmp_path):
     path = tmp_path / "ckpt.pt"
     model = torch.nn.Linear(2, 2)
@@ -93,3 +107,32 @@ def test_temp_folders_of_a_killed_writer_are_cleared(tmp_path):
     with atomic_path(tmp_path / "base") as tmp:
         tmp.mkdir()
     assert (tmp_path / "base").is_dir()
+
+
+@pytest.mark.parametrize("killed_at_rename", [1, 2])
+def test_a_folder_output_killed_mid_swap_comes_back_whole(tmp_path, killed_at_rename):
+    # A folder replaces a folder in two renames (the old one aside, the new one in). SIGKILL before
+    # either: the old output is in place, or waits aside and the next write (or clear) puts it back.
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "weights").write_text("old")
+    child = f"""
+import os, signal
+from gptpipe.files import atomic_path
+calls = 0
+real = os.replace
+def replace(*args):
+    global calls
+    calls += 1
+    if calls == {killed_at_rename}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(*args)
+os.replace = replace
+with atomic_path({str(out)!r}) as tmp:
+    tmp.mkdir()
+    (tmp / "weights").write_text("new")
+"""
+    assert subprocess.run([sys.executable, "-c", child]).returncode == -9
+    clear_stale_temps(out)
+    assert (out / "weights").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # nothing left beside it

@@ -40,6 +40,10 @@ def dir_cfg(root, **kwargs) -> DataConfig:
     return DataConfig(source="dir", dir=str(root), division="helpful-base", **kwargs)
 
 
+def dir_params(root, keep=None):
+    return parse_params({"data": {"source": "dir", "dir": str(root)}, "filter": {"keep": keep}})
+
+
 @pytest.fixture
 def out(tmp_path):
     """An out_dir holding an earlier run's train.parquet; a failed run must leave it as it was."""
@@ -239,8 +243,8 @@ def test_offline_hub_source_fails_in_seconds(tmp_path, out, monkeypatch, capfd):
     assert (out / "train.parquet").read_bytes() == SENTINEL and not (tmp_path / "m.json").exists()
 
 
-# filter.keep against the data, as soon as its size is known: in params for generated data, in the
-# download stage for a folder (not after base, reward and score have run).
+# filter.keep and the batch sizes against the data, as soon as its size is known: in params for
+# generated data, in the download stage for a folder (not after base, reward and score have run).
 
 
 def test_keep_larger_than_the_synthetic_data_fails_in_params():
@@ -252,13 +256,41 @@ def test_keep_larger_than_the_synthetic_data_fails_in_params():
     assert parse_params({"filter": {"keep": 9000}, "data": {"source": "dir", "dir": "/x"}}).filter.keep == 9000
 
 
+@pytest.mark.parametrize("sections, says", [
+    ({"reward": {"batch_size": 41, "micro_batch_size": 41}}, "reward.batch_size: 41 exceeds the 40 synthetic train pairs"),
+    ({"dpo": {"batch_size": 41, "micro_batch_size": 41}}, "dpo.batch_size: 41 exceeds the 40 synthetic train pairs"),
+    ({"filter": {"keep": 8}}, "train.batch_size: 16 exceeds the 8 pairs SFT trains on (filter.keep"),
+    ({"base": {"batch_size": 81, "micro_batch_size": 81}}, "base.batch_size: 81 exceeds the 80 train dialogues"),
+    ({"scaling": {"batch_size": 81}}, "scaling.batch_size: 81 exceeds the 80 train dialogues"),
+])
+def test_a_batch_larger_than_the_data_it_draws_from_fails_in_params(sections, says):
+    small = {"data": {"synthetic": {"n_train": 40}}}
+    with pytest.raises(ParamsError, match="^params: " + says.replace(".", "\\.").replace("(", "\\(")):
+        parse_params({**small, **sections})
+    parse_params(small)  # 16 per batch fits 40 pairs; base and scaling draw on both responses (80)
+    parse_params({**small, "base": {"batch_size": 80, "micro_batch_size": 80}, "filter": {"keep": 16}})
+
+
+def test_a_batch_larger_than_a_folders_train_split_fails_the_download_before_writing(tmp_path, out, capsys):
+    folder = tmp_path / "hh" / "helpful-base"
+    write_split(folder, "train.jsonl", [pair(i) for i in range(12)])
+    write_split(folder, "test.jsonl", [pair(i) for i in range(100, 110)])
+    params = dir_params(tmp_path / "hh")
+    with pytest.raises(SystemExit):
+        run_or_exit(lambda: download_stage.run(params.data, 0, out, tmp_path / "m.json", params))
+    assert capsys.readouterr().err == ("error: reward.batch_size: 16 exceeds the 12 train pairs read; lower "
+                                       "reward.batch_size (and micro_batch_size) to at most 12, or use more data\n")
+    assert (out / "train.parquet").read_bytes() == SENTINEL and not (tmp_path / "m.json").exists()
+
+
 def test_keep_larger_than_a_folders_train_split_fails_the_download_before_writing(tmp_path, out, capsys):
     folder = tmp_path / "hh" / "helpful-base"
     write_split(folder, "train.jsonl", [pair(i) for i in range(20)])
     write_split(folder, "test.jsonl", [pair(i) for i in range(100, 110)])
+    too_many, fits = dir_params(tmp_path / "hh", keep=21), dir_params(tmp_path / "hh", keep=20)
     with pytest.raises(SystemExit):
-        run_or_exit(lambda: download_stage.run(dir_cfg(tmp_path / "hh"), 0, out, tmp_path / "m.json", keep=21))
+        run_or_exit(lambda: download_stage.run(too_many.data, 0, out, tmp_path / "m.json", too_many))
     assert capsys.readouterr().err == "error: filter.keep: 21 exceeds the 20 train pairs read; use at most 20 or null\n"
     assert (out / "train.parquet").read_bytes() == SENTINEL and not (tmp_path / "m.json").exists()
-    download_stage.run(dir_cfg(tmp_path / "hh"), 0, out, tmp_path / "m.json", keep=20)  # the boundary
+    download_stage.run(fits.data, 0, out, tmp_path / "m.json", fits)  # the boundary
     assert pq.read_table(out / "train.parquet").num_rows == 20

@@ -16,7 +16,7 @@ import torch
 import yaml
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from test_pipeline import ALL_STAGES, REPO, copy_tracked, run
+from dvc_project import ALL_STAGES, REPO, copy_tracked, run
 
 HH = REPO.parent / "shared" / "data" / "hh-rlhf"
 

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -123,6 +124,22 @@ def test_fused_head_loss_stays_exact_where_the_target_probability_underflows():
     assert torch.isfinite(fused) and torch.allclose(fused, reference, rtol=1e-5)
     for got, want in zip(grads, ref_grads):
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("branch_free", [False, True])
+def test_both_ways_of_handling_an_underflowed_target_give_the_exact_loss(branch_free):
+    # The CPU tests for underflow and fixes those rows; CUDA (no host sync) selects between the two
+    # losses for every row. Both must equal logsumexp - logit on rows on either side of the cut.
+    from gptpipe.train.lm_head import _target_nll
+
+    torch.manual_seed(4)
+    logits = torch.randn(64, 300) * torch.linspace(1, 60, 64)[:, None]  # mild rows to ones far past it
+    targets = torch.randint(0, 300, (64,))
+    probs = logits.softmax(-1)[torch.arange(64), targets]
+    assert (probs == 0).any() and (probs > 1e-3).any()
+    want = F.cross_entropy(logits, targets, reduction="none")
+    got = _target_nll(logits, probs, targets, branch_free=branch_free)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_objective_gradients_equal_transformers_loss_gradients():

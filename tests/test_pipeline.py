@@ -4,71 +4,19 @@ tiny params: repro, a no-op repro, an experiment on one knob, metrics and plots 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tiny import TINY
+from dvc_project import run
 
-REPO = Path(__file__).resolve().parents[1]
-ALL_STAGES = ("download", "tokenize", "base", "reward", "score", "filter", "sft", "dpo",
-              "generate@base", "generate@sft", "generate@dpo", "judge@base", "judge@sft", "judge@dpo",
-              "evaluate", "scaling", "report")
 TRAINING_FILES = ["metrics/sft.json", "metrics/base.json", "plots/sft/loss.tsv", "plots/sft/loss.png",
                   "plots/sft/memory.png", "plots/base/loss.tsv"]
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `python` in dvc.yaml
-    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
-    return env
-
-
-def run(project: Path, *cmd: str, ok: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=project, env=_env(), capture_output=True, text=True, timeout=1200)
-    if ok and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
-def copy_tracked(root: Path) -> None:
-    """This project's tracked files (as a fresh clone has them, without git history) under root."""
-    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for name in tracked:
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
-
-
-def _merge(base: dict, overlay: dict) -> dict:
-    out = dict(base)
-    for key, value in overlay.items():
-        out[key] = _merge(base.get(key) or {}, value) if isinstance(value, dict) else value
-    return out
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """This project's tracked files in a fresh git repo, with the tiny params, after `dvc repro`."""
-    root = tmp_path_factory.mktemp("project")
-    copy_tracked(root)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    (root / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
-    run(root, "git", "init", "-q", "-b", "main")
-    run(root, "git", "add", "-A")
-    run(root, "git", "commit", "-qm", "tiny project")
-    repro = run(root, "dvc", "repro")
-    for stage in ALL_STAGES:
-        assert f"Running stage '{stage}'" in repro.stdout, stage
-    run(root, "git", "add", "-A")
-    run(root, "git", "commit", "-qm", "tiny run")
-    return root
+@pytest.fixture
+def project(repro_project: Path) -> Path:
+    return repro_project
 
 
 def test_repro_writes_the_promised_metrics_and_plots(project):
@@ -178,7 +126,8 @@ def test_bad_param_fails_in_one_line_and_keeps_earlier_outputs(project):
     run(project, "dvc", "checkout", "-f")
 
 
-def test_bad_data_file_fails_in_one_line_and_keeps_later_stages_outputs(project, tmp_path):
+def test_bad_data_file_fails_in_one_line_and_one_command_brings_back_the_last_good_outputs(project, tmp_path):
+    good = {name: (project / name).read_bytes() for name in ("data/raw/train.parquet", "metrics/data.json")}
     folder = tmp_path / "hh" / "helpful-base"
     folder.mkdir(parents=True)
     (folder / "train.jsonl").write_text("<html>not the data</html>\n")
@@ -188,9 +137,17 @@ def test_bad_data_file_fails_in_one_line_and_keeps_later_stages_outputs(project,
     error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert error and "not JSON Lines" in error[0]
     assert (project / "models/base/model.safetensors").is_file()
-    # DVC deleted the failed stage's outputs before running it; the error says how to get them back.
-    assert "`dvc checkout download`" in error[0] and not (project / "data/raw/train.parquet").exists()
-    run(project, "dvc", "checkout", "download")
-    assert (project / "data/raw/train.parquet").is_file()
+    # DVC deleted the failed stage's outputs before running it, its cache: false metrics too, which
+    # `dvc checkout` does not bring back; the error names the command that does.
+    assert "`gptpipe restore download`" in error[0] and not any((project / name).exists() for name in good)
+    restored = run(project, "gptpipe", "restore", "download")
+    assert "metrics/data.json from the DVC cache" in restored.stdout
+    assert {name: (project / name).read_bytes() for name in good} == good
     run(project, "git", "checkout", "--", "params.yaml")
     run(project, "dvc", "checkout", "-f")
+
+
+def test_restore_names_the_stages_it_knows(project):
+    result = run(project, "gptpipe", "restore", "bogus", ok=False)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "bogus: not a stage with a last good run in dvc.lock (stages: download, tokenize" in result.stderr

@@ -427,7 +427,7 @@ def test_a_study_page_states_each_verdict_once(project):
         "exact accuracy": {"difference": 0.12, "ci_low": 0.05, "ci_high": 0.19, "discordant": 40, "verdict": "higher"}}}
     rows = pd.DataFrame({"point": ["top800", "random800"], "by": ["chosen_reward", "random"], "pairs": [800, 800],
                          "test_loss": [2.7, 1.7]})
-    write_table(rows, project / "plots/studies", "data-quality", [*verdict_lines(verdicts, 0.95), "A note kept."])
+    write_table(rows, project / "plots/studies", "data-quality", ["A note kept."], verdicts=verdict_lines(verdicts, 0.95))
     write_record(project / "metrics/studies/data-quality.json", "data-quality", "0" * 40, rows, verdicts=verdicts)
     assert "+12.0 points" in (project / "plots/studies/data-quality.md").read_text()
     build(project)

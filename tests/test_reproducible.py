@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from stage_runs import run_base
-from test_pipeline import copy_tracked, run
+from dvc_project import copy_tracked, run
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -64,17 +64,20 @@ def _worker(tokenized, out, checkpoint, *extra, launcher=(sys.executable,)):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
-def test_a_killed_run_resumes_to_the_uninterrupted_result(tokenized, tmp_path):
-    whole = _worker(tokenized, tmp_path / "whole.json", tmp_path / "whole.ckpt")
+@pytest.mark.parametrize("dtype", ["float32", "float16"])  # fp16: the loss scale is resumed too
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tokenized, tmp_path, dtype):
+    whole = _worker(tokenized, tmp_path / "whole.json", tmp_path / "whole.ckpt", "--dtype", dtype)
     assert whole.returncode == 0, whole.stderr[-2000:]
-    killed = _worker(tokenized, tmp_path / "resumed.json", tmp_path / "resumed.ckpt", "--kill-at-step", "10")
+    killed = _worker(tokenized, tmp_path / "resumed.json", tmp_path / "resumed.ckpt", "--kill-at-step", "10",
+                     "--dtype", dtype)
     assert killed.returncode == -9  # SIGKILL: no cleanup ran
     assert (tmp_path / "resumed.ckpt").exists() and not (tmp_path / "resumed.json").exists()
-    resumed = _worker(tokenized, tmp_path / "resumed.json", tmp_path / "resumed.ckpt")
+    resumed = _worker(tokenized, tmp_path / "resumed.json", tmp_path / "resumed.ckpt", "--dtype", dtype)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stderr and "at step 8" in resumed.stderr
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("whole", "resumed"))
     assert a["rows"] == b["rows"]
+    assert a["rows"][-1]["test_loss"] < a["rows"][0]["test_loss"]  # fp16 with loss scaling learns too
     wa, wb = (torch.load(tmp_path / f"{n}.pt") for n in ("whole", "resumed"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 

@@ -34,10 +34,11 @@ def main() -> None:
     parser.add_argument("--kill-at-step", type=int, default=None)
     parser.add_argument("--optimizer", default="adamw")
     parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
 
     train_overrides = {"micro_batch_size": args.micro_batch_size, "optimizer": args.optimizer, "lr": args.lr}
-    overrides = {**TINY, "train": {**TINY["train"], **train_overrides}}
+    overrides = {**TINY, "train": {**TINY["train"], **train_overrides}, "shared": {"dtype": args.dtype}}
     params = parse_params(overrides)
     cfg, seed = params.train, params.shared.seed
     data = {s: lm_examples(read_arrow(args.tokenized / f"{s}.arrow"), "response", ("chosen",)) for s in ("train", "test")}

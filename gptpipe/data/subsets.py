@@ -12,16 +12,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gptpipe.errors import UserError
+from gptpipe.errors import reading
 
-
-def check_keep_fits(keep: int | None, train_pairs: int) -> None:
-    """filter.keep against the train split, in the filter stage and, as soon as the data's size is
-    known, in the download stage (a subset too large would otherwise fail after base, reward, score)."""
-    if keep is not None and keep > train_pairs:
-        raise UserError(
-            f"filter.keep: {keep} exceeds the {train_pairs} train pairs read; use at most {train_pairs} or null"
-        )
 
 
 def select(frame: pd.DataFrame, size: int, by: str, seed: int) -> np.ndarray:
@@ -56,9 +48,10 @@ def sound_test_pairs(test: pa.Table, raw_test: Path) -> pa.Table | None:
     synthetic data); this subset asks how well a model predicts the answers it should give.
     None where the data has no ground truth (HH), or no sound pair to measure on.
     """
-    if "flawed" not in pq.read_schema(raw_test).names:
-        return None
-    truth = pq.read_table(raw_test, columns=["id", "flawed"])
+    with reading(raw_test, "Parquet table"):
+        if "flawed" not in pq.read_schema(raw_test).names:
+            return None
+        truth = pq.read_table(raw_test, columns=["id", "flawed"])
     sound_ids = {i for i, flawed in zip(truth["id"].to_pylist(), truth["flawed"].to_pylist(), strict=True)
                  if not flawed}
     sound = test.filter(pa.array([i in sound_ids for i in test["id"].to_pylist()], pa.bool_()))

@@ -19,7 +19,7 @@ import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
 from gptpipe.config import TokenizeConfig
-from gptpipe.errors import UserError
+from gptpipe.errors import UserError, reading
 
 EOT = "<|endoftext|>"
 EOT_ID = 50256
@@ -134,7 +134,7 @@ def write_arrow(table: pa.Table, path: Path) -> None:
 
 
 def read_arrow(path: Path) -> pa.Table:
-    with pa.memory_map(str(path)) as source:
+    with reading(path, "Arrow table"), pa.memory_map(str(path)) as source:
         return pa.ipc.open_stream(source).read_all()
 
 

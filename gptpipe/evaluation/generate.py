@@ -38,7 +38,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from gptpipe.config import GenerateConfig
-from gptpipe.errors import UserError
+from gptpipe.errors import UserError, reading
 from gptpipe.data.hh import HUMAN
 from gptpipe.data.tokenizer import EOT_ID, gpt2_encoding
 
@@ -291,7 +291,8 @@ def prompt_seed(seed: int, key: str) -> int:
 
 def sample_prompts(raw_test: Path, n: int, seed: int) -> list[dict[str, str]]:
     """A fixed sample of n test prompts (all if fewer), chosen by seed from the ids sorted."""
-    rows = pq.read_table(raw_test, columns=["id", "prompt"]).to_pylist()
+    with reading(raw_test, "Parquet table"):
+        rows = pq.read_table(raw_test, columns=["id", "prompt"]).to_pylist()
     rows.sort(key=lambda r: r["id"])  # the sample does not depend on the file's row order
     picked = np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)), replace=False)
     return [rows[i] for i in sorted(picked)]

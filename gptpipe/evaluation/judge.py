@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from gptpipe.data.answer_labels import LABELS
-from gptpipe.errors import UserError
+from gptpipe.errors import UserError, reading
 from gptpipe.evaluation.stats import (
     MIN_DISCORDANT, VERDICTS_HEADING, interval_text, mean_interval, paired_difference, proportion_interval,
     verdict_sentence,
@@ -34,14 +34,16 @@ SAMPLES_IN_REPORT = 5
 def read_answers(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"{path}: no generated answers; run the generate stage first (dvc repro)")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    with reading(path, "answers file (JSON Lines, as the generate stage writes)"):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return pd.DataFrame(rows, columns=["id", "prompt", "response", "tokens", "stopped"])
 
 
 def ground_truth(raw_test: Path) -> dict[str, dict[str, str]] | None:
     """id → {"answer", "family"}: the expected answer and its task family, where the data carries
     them (the synthetic set)."""
-    table = pq.read_table(raw_test)
+    with reading(raw_test, "Parquet table"):
+        table = pq.read_table(raw_test)
     if "answer" not in table.column_names:
         return None
     ids, answers = table.column("id").to_pylist(), table.column("answer").to_pylist()
@@ -83,7 +85,8 @@ def load_judged(judged: Path, names) -> dict[str, pd.DataFrame]:
         path = judged / f"{name}.parquet"
         if not path.is_file():
             raise UserError(f"{path}: missing; run the judge stage for {name} first (dvc repro judge@{name})")
-        frames[name] = pd.read_parquet(path)
+        with reading(path, "Parquet table"):
+            frames[name] = pd.read_parquet(path)
     return frames
 
 
@@ -173,7 +176,8 @@ def report_markdown(table: pd.DataFrame, metrics: dict[str, Any], answers: dict[
         *[f"- {key.replace('_vs_', ' vs ').replace('_', ' ')}: {value:.3f}" for key, value in metrics["win_rates"].items()],
         "", "## Sample answers", "",
     ]
-    raw = pq.read_table(raw_test).to_pandas().set_index("id")
+    with reading(raw_test, "Parquet table"):
+        raw = pq.read_table(raw_test).to_pandas().set_index("id")
     for key in ids.iloc[:SAMPLES_IN_REPORT]:
         prompt = answers[next(iter(answers))].loc[key, "prompt"]
         lines += [f"**Prompt** (`{key}`):", "", _quote(prompt.strip()), ""]

@@ -56,11 +56,6 @@ MIN_DISCORDANT = 10
 VERDICTS_HEADING = "Judge-free verdicts"
 
 
-def is_verdict_line(line: str) -> bool:
-    """A line of a verdict block (its heading or a verdict_sentence), for a page that states them elsewhere."""
-    return line.lstrip("- ").startswith(VERDICTS_HEADING) or " prompts differ: **" in line
-
-
 def verdict_sentence(later: str, earlier: str, measure: str, verdict: dict[str, Any]) -> str:
     """One paired_difference as Markdown: "sft vs base, exact accuracy: +63.5 points [+56.6, +70.4],
     127 prompts differ: **sft is higher**"."""

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 from gptpipe.config import ModelConfig
-from gptpipe.errors import UserError
+from gptpipe.errors import UserError, reading
 from gptpipe.files import atomic_path
 from gptpipe.data.tokenizer import EOT_ID
 
@@ -45,7 +45,8 @@ def load_pretrained(name: str) -> PreTrainedModel:
     if Path(name).is_absolute() or Path(name).exists():
         if not (Path(name) / "config.json").is_file():
             raise ModelUnreachable(f"{name}: no config.json; not a save_pretrained model folder")
-        return AutoModelForCausalLM.from_pretrained(name)
+        with reading(name, "saved model", fix="save it again with save_pretrained"):
+            return AutoModelForCausalLM.from_pretrained(name)
     try:
         return AutoModelForCausalLM.from_pretrained(name)
     except OSError as err:
@@ -65,7 +66,8 @@ def save_model(model: PreTrainedModel, out: Path) -> None:
 def load_model(path: Path) -> PreTrainedModel:
     if not (Path(path) / "config.json").is_file():
         raise ModelUnreachable(f"{path}: holds no saved model (no config.json)")
-    return AutoModelForCausalLM.from_pretrained(path)
+    with reading(path, "saved model"):
+        return AutoModelForCausalLM.from_pretrained(path)
 
 
 def _first_line(err: BaseException) -> str:

@@ -23,6 +23,7 @@ from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from gptpipe.config import LoraConfig
+from gptpipe.errors import reading
 from gptpipe.files import atomic_path
 
 # Suffixes of the projections in a GPT-2 block. c_attn is the fused q, k, v projection (d -> 3d): one
@@ -167,7 +168,8 @@ def save_adapter(
 
 def load_adapter(model: nn.Module, folder: Path) -> nn.Module:
     """apply_lora with the saved config onto a base model, then the saved A and B."""
-    config = json.loads((Path(folder) / ADAPTER_CONFIG).read_text())
+    with reading(Path(folder) / ADAPTER_CONFIG, "LoRA adapter config"):
+        config = json.loads((Path(folder) / ADAPTER_CONFIG).read_text())
     apply_lora(
         model,
         rank=config["rank"],
@@ -175,7 +177,8 @@ def load_adapter(model: nn.Module, folder: Path) -> nn.Module:
         dropout=config["dropout"],
         targets=config["targets"],
     )
-    saved = load_file(str(Path(folder) / ADAPTER_WEIGHTS))
+    with reading(Path(folder) / ADAPTER_WEIGHTS, "LoRA adapter"):
+        saved = load_file(str(Path(folder) / ADAPTER_WEIGHTS))
     expected = set(lora_state_dict(model))
     if set(saved) != expected:
         raise ValueError(

@@ -31,7 +31,7 @@ from transformers import (
 )
 
 from gptpipe.data.batches import LMExample, collate
-from gptpipe.errors import UserError
+from gptpipe.errors import UserError, reading
 from gptpipe.files import atomic_path
 from gptpipe.data.hh import ASSISTANT, HUMAN
 from gptpipe.data.tokenizer import EOT_ID, encode
@@ -50,7 +50,8 @@ def reward_model_from(base: Path) -> GPT2ForSequenceClassification:
     """models/base's transformer with a fresh scalar head (transformers' own init)."""
     if not (base / "config.json").is_file():
         raise UserError(f"{base}: holds no saved model; run the base stage first (dvc repro base)")
-    model = GPT2ForSequenceClassification.from_pretrained(base, num_labels=1)
+    with reading(base, "saved model"):
+        model = GPT2ForSequenceClassification.from_pretrained(base, num_labels=1)
     # GPT-2 has no pad token; HF's own forward uses this one to find each row's last token.
     model.config.pad_token_id = EOT_ID
     return model
@@ -187,12 +188,13 @@ def load_scorer(folder: Path, batch_size: int, device: torch.device, max_length:
     marker = Path(folder) / MARKER
     if not marker.is_file():
         raise UserError(f"{folder}: holds no reward model ({MARKER} missing); run the reward stage (dvc repro reward)")
-    record = json.loads(marker.read_text())
-    if record["backend"] == "trained":
-        model = GPT2ForSequenceClassification.from_pretrained(folder)
-        return GPT2Scorer(model, record["name"], batch_size, device)
-    model = AutoModelForSequenceClassification.from_pretrained(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with reading(folder, "reward model"):
+        record = json.loads(marker.read_text())
+        if record["backend"] == "trained":
+            model = GPT2ForSequenceClassification.from_pretrained(folder)
+            return GPT2Scorer(model, record["name"], batch_size, device)
+        model = AutoModelForSequenceClassification.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     return HFScorer(model, tokenizer, record["name"], batch_size, max_length, device)
 
 

@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 
 from markupsafe import Markup
 
-from gptpipe.evaluation.stats import is_verdict_line
 from gptpipe.report.blocks import Block, Downloads, Finding, Html, KeyValues, Legend, Link, NotRun, Title
 from gptpipe.report.findings import (dpo_findings, filter_findings, reward_findings, scaling_findings,
                                      score_findings, study_findings, training_finding)
@@ -21,6 +20,7 @@ from gptpipe.report.markdown import inline_html, markdown_html
 from gptpipe.report.metrics import (DpoMetrics, FilterMetrics, RewardMetrics, ScalingMetrics, ScoreMetrics,
                                     StudyRecord, TrainingMetrics, from_json)
 from gptpipe.report.parts import Page, Part, Section
+from gptpipe.studies.runner import without_verdicts
 
 T = TypeVar("T")
 
@@ -104,8 +104,7 @@ def _study(name: str, params_sections: Sequence[str], title: str) -> Part:
         blocks: list[Block] = [Title(title), Finding(study_findings(rows, record.verdicts))]
         if page.has(md):
             text = (page.root / md).read_text()
-            if record.verdicts:  # the finding above states them
-                text = "\n".join(line for line in text.splitlines() if not is_verdict_line(line))
+            text = without_verdicts(text)  # the finding above states them
             blocks.append(Html(markdown_html(text, heading_offset=3, best_column="test_loss")))
         if page.has(csv):
             blocks.append(Downloads([Link(page.attach(csv), f"{name}.csv")]))

@@ -373,7 +373,8 @@ def run_study(study: Study, *, report_only: bool, seeds: int = 1) -> pd.DataFram
         table = mean_over_seeds(table)
     confidence = params.evaluate.confidence
     verdicts = study_verdicts(study, results, point_of, seeds, confidence)
-    write_table(table, TABLES, study.name, [*verdict_lines(verdicts, confidence), *study.notes(results), *_seed_note(seeds)])
+    write_table(table, TABLES, study.name, [*study.notes(results), *_seed_note(seeds)],
+                verdicts=verdict_lines(verdicts, confidence))
     write_record(record, study.name, baseline, table, verdicts=verdicts, seeds=seeds)
     curves = {r.label: r.series[SFT_SERIES] for r in results}
     plots.study_curves(curves, TABLES / f"{study.name}.png", study.title)

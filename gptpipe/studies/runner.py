@@ -84,14 +84,29 @@ def read_series(path: str, rev: str) -> pd.DataFrame:
         return pd.read_csv(io.StringIO(handle.read()), sep="\t")
 
 
-def write_table(table: pd.DataFrame, out_dir: Path, name: str, notes: Sequence[str]) -> None:
-    """<name>.csv and <name>.md (the table, then the notes that say how to read it)."""
+# The standalone Markdown's verdict section starts at this line; the report, which states the
+# verdicts in its finding, shows the file up to it.
+VERDICTS_SECTION = "#### Verdicts"
+
+
+def write_table(table: pd.DataFrame, out_dir: Path, name: str, notes: Sequence[str],
+                verdicts: Sequence[str] = ()) -> None:
+    """<name>.csv and <name>.md: the table, the notes that say how to read it, then (where given)
+    the verdicts under VERDICTS_SECTION."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / f"{name}.csv") as tmp:
         table.to_csv(tmp, index=False)
     markdown = markdown_table(table)  # a random control's missing threshold reads "—"
+    sections = [markdown, "\n".join(f"- {note}" for note in notes)]
+    if verdicts:
+        sections.append(VERDICTS_SECTION + "\n\n" + "\n".join(f"- {line}" for line in verdicts))
     with atomic_path(out_dir / f"{name}.md") as tmp:
-        tmp.write_text(markdown + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n")
+        tmp.write_text("\n\n".join(sections) + "\n")
+
+
+def without_verdicts(markdown: str) -> str:
+    """A study's Markdown up to its verdict section."""
+    return markdown.split("\n" + VERDICTS_SECTION, 1)[0].rstrip() + "\n"
 
 
 def write_record(path: Path, study: str, baseline: str, table: pd.DataFrame, *,

@@ -391,7 +391,7 @@ def compare_with_trainer(params: Params, tokenized: Path, steps: int) -> dict[st
     theirs, trained = run_trainer(params, examples, steps, runtime)
     ours, loop_metrics = run_gptpipe(params, trained, steps, runtime)
     result = {
-        "machine": _machine(runtime),
+        "machine": {**_machine(runtime), "matmul_flops": matmul_ceiling(runtime.device)},
         "model": params.model.model_dump(include={"n_layer", "n_embd", "n_head", "n_positions"}),
         "batch_size": params.train.batch_size,
         "micro_batch_size": params.train.micro_batch_size,
@@ -444,6 +444,21 @@ def _machine(runtime: Runtime) -> dict[str, Any]:
     }
 
 
+def matmul_ceiling(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of one square fp32 matrix product, the best of `repeats`: what this device's BLAS
+    reaches at its most favourable shape. The datasheet peak MFU is quoted against can be far above
+    it (2 AVX2 vCPUs: 0.2 TFLOP/s nominal, ~65 GFLOP/s measured in MKL's sgemm), so the bench gives
+    the share of this figure too."""
+    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+    a @ b  # warm-up: thread pool, cuBLAS handle
+    best = float("inf")
+    for _ in range(repeats):
+        start = _now(device)
+        a @ b
+        best = min(best, _now(device) - start)
+    return 2 * n**3 / best
+
+
 def _now(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # kernels are asynchronous; time the work, not its launch
@@ -454,18 +469,21 @@ def format_table(result: dict[str, Any]) -> str:
     m, model, parity = result["machine"], result["model"], result["loss_parity"]
     lines = [
         f"machine: {m['device']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, "
-        f"torch {m['torch']}, peak {m['peak_flops']:.3g} FLOP/s",
+        f"torch {m['torch']}, peak {m['peak_flops']:.3g} FLOP/s (datasheet), "
+        f"{m['matmul_flops']:.3g} FLOP/s measured (a 2048^3 fp32 matmul)",
         f"model: GPT-2 {model['n_layer']}x{model['n_embd']} ({model['n_head']} heads), "
         f"batch {result['batch_size']} (micro {result['micro_batch_size']}), "
         f"{result['warmup_steps_untimed']} untimed warm-up steps per side",
-        f"{'side':<11} {'steps':>5} {'tokens':>8} {'pad %':>6} {'seconds':>8} {'tokens/s':>9} {'MFU %':>6}",
+        f"{'side':<11} {'steps':>5} {'tokens':>8} {'pad %':>6} {'seconds':>8} {'tokens/s':>9} {'MFU %':>6} "
+        f"{'of matmul %':>11}",
     ]
     for key in ("gptpipe", "hf"):
         r = result[key]
         pad = 100 * (1 - r["tokens"] / r["padded_tokens"])
         lines.append(
             f"{r['side']:<11} {r['steps']:>5} {r['tokens']:>8} {pad:>6.1f} {r['seconds']:>8.2f} "
-            f"{r['tokens_per_s']:>9.0f} {100 * r['mfu']:>6.2f}"
+            f"{r['tokens_per_s']:>9.0f} {100 * r['mfu']:>6.2f} "
+            f"{100 * r['model_flops'] / r['seconds'] / m['matmul_flops']:>11.1f}"
         )
     lines += [
         f"ratio gptpipe/HF tokens/s: {result['ratio']:.2f}x, median per-step ratio "

@@ -41,7 +41,8 @@ def run_key(stage: str, configs: Sequence[BaseModel], inputs: Sequence[Path]) ->
     return digest.hexdigest()[:16]
 
 
-def save_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Optimizer, state: Any) -> None:
+def save_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Optimizer, state: Any,
+                    scaler: torch.amp.GradScaler | None = None) -> None:
     payload = {
         "objective": objective.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -49,11 +50,14 @@ def save_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Opt
         "torch_rng": torch.get_rng_state(),
         "python_rng": random.getstate(),
     }
+    if scaler is not None and scaler.is_enabled():  # fp16: the loss scale, so a resume continues it
+        payload["scaler"] = scaler.state_dict()
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Optimizer, state: Any) -> bool:
+def load_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Optimizer, state: Any,
+                    scaler: torch.amp.GradScaler | None = None) -> bool:
     """Resume from `path` if it exists (its name carries the run key)."""
     if not path.exists():
         return False
@@ -69,6 +73,8 @@ def load_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Opt
         ) from None
     objective.load_state_dict(payload["objective"])
     optimizer.load_state_dict(payload["optimizer"])
+    if scaler is not None and "scaler" in payload:
+        scaler.load_state_dict(payload["scaler"])
     vars(state).update(payload["state"])
     torch.set_rng_state(payload["torch_rng"])
     random.setstate(_as_rng_state(payload["python_rng"]))

@@ -74,11 +74,19 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
 _SMALLEST_TRUSTED_PROB = 1e-30
 
 
-def _target_nll(logits: torch.Tensor, target_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _target_nll(logits: torch.Tensor, target_probs: torch.Tensor, targets: torch.Tensor,
+                branch_free: bool | None = None) -> torch.Tensor:
     """-log p[target] per row, from the softmax where it is exact and from the logits where the
-    target's probability underflowed (a confident wrong prediction: the loss there is large, not inf)."""
+    target's probability underflowed (a confident wrong prediction: the loss there is large, not inf).
+
+    branch_free (default: on CUDA): take logsumexp over every row and select, instead of testing for
+    underflow first. On a GPU the test would stop the host for a device sync at every chunk, which
+    costs more than the extra pass; on the CPU the pass costs more than the test."""
     nll = -target_probs.log()
     underflowed = target_probs < _SMALLEST_TRUSTED_PROB
+    if logits.is_cuda if branch_free is None else branch_free:
+        exact = torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[:, None]).squeeze(1)
+        return torch.where(underflowed, exact, nll)
     if underflowed.any():
         rows = underflowed.nonzero().squeeze(1)
         exact = torch.logsumexp(logits[rows], dim=-1) - logits[rows, targets[rows]]

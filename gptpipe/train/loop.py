@@ -57,8 +57,10 @@ def train(
     if cfg.activation_checkpointing:
         checkpoint_bodies(objective)
     optimizer = build_optimizer(objective.parameters(), cfg)
+    # fp16 gradients underflow without loss scaling; for fp32 and bf16 the scaler passes through.
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.autocast_dtype == torch.float16)
     state = RunState()
-    load_checkpoint(checkpoint, objective, optimizer, state)
+    load_checkpoint(checkpoint, objective, optimizer, state, scaler)
     net = _wrap(objective, runtime)
     timer = _Timer()
     memory: dict[str, int] = {}
@@ -79,7 +81,7 @@ def train(
         if last:
             break
         if state.step % cfg.checkpoint_every == 0 and state.step > 0 and runtime.is_main:
-            save_checkpoint(checkpoint, objective, optimizer, state)
+            save_checkpoint(checkpoint, objective, optimizer, state, scaler)
         # -- the step --
         timer.start()
         micro_batches = [_collate(objective, m, runtime) for m in plan.micro_batches(state.step)]
@@ -90,9 +92,11 @@ def train(
             with _no_sync(net, sync), autocast(runtime):
                 loss_sum, _ = net(batch.to(runtime.device))
             # DDP averages gradients over ranks; scaling by world_size makes that a sum.
-            (loss_sum * runtime.world_size / step_weight).backward()
+            scaler.scale(loss_sum * runtime.world_size / step_weight).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients
         grad_norm = _clip(objective, cfg.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)  # skipped where fp16 overflowed (then the scale halves)
+        scaler.update()
         if not memory:  # the first step is when gradients and optimizer state all exist
             memory = memory_split(objective, optimizer)
         optimizer.zero_grad(set_to_none=True)

@@ -132,7 +132,7 @@ def model_bytes(job: Job) -> dict[str, int]:
         "optimizer_state": theoretical_state_bytes(job.loop, trainable),
         # Autocast's bf16 copy of every weight a matmul reads, kept for the backward pass: cached for
         # trainable weights, saved by autograd for frozen ones (LoRA: measured 2% under this).
-        "bf16_copies": 2 * n_all if job.dtype == "bfloat16" else 0,
+        "bf16_copies": 2 * n_all if job.dtype != "float32" else 0,  # bf16 or fp16: 2 bytes
         # The fused LM head keeps dW in fp32 through the forward pass when the head trains.
         "lm_head_buffer": 4 * job.shape.vocab_size * job.shape.n_embd if not job.lora.rank else 0,
     }
@@ -147,7 +147,7 @@ def need(job: Job, micro_batch_size: int, checkpointing: bool) -> Need:
     else:
         parts["activations"] = tokens * layers * (ACTIVATION_BYTES_PER_WIDTH * d + ACTIVATION_BYTES_BASE)
         parts["gradients"] = 0  # not held at the peak (see the module's docstring)
-    if job.dtype != "bfloat16":
+    if job.dtype == "float32":
         parts["activations"] = int(parts["activations"] * FP32_ACTIVATION_FACTOR)
     return Need(job, micro_batch_size, checkpointing, parts)
 

@@ -83,7 +83,7 @@ def make_runtime(shared: SharedConfig) -> Runtime:
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     # MFU is measured against the device kind's peak (flops.default_peak_flops says which card's).
     peak = flops.default_peak_flops(device_type, shared.dtype)
-    autocast = torch.bfloat16 if shared.dtype == "bfloat16" else None
+    autocast = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(shared.dtype)
     return Runtime(device, autocast, shared.compile, peak, rank, world_size)
 
 
@@ -119,5 +119,5 @@ def checkpoint_bodies(module: nn.Module) -> int:
     non-reentrant: it composes with torch.compile and DDP); returns how many bodies."""
     bodies = transformer_bodies(module)
     for body in bodies:
-        body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        body.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return len(bodies)
