@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 import torch
@@ -9,11 +10,28 @@ from stage_runs import run_base
 from gptpipe.models.gpt2 import ModelUnreachable, build_scratch, load_model, load_pretrained, save_model
 
 
-def test_hub_id_offline_names_the_local_folder_option(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_hub_id_without_the_hub_fails_in_seconds_naming_the_local_folder_option(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # a closed port, on any machine
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    started = time.monotonic()
     with pytest.raises(ModelUnreachable) as err:
         load_pretrained("gpt2")
-    assert "model.name='gpt2'" in str(err.value) and "absolute folder" in str(err.value)
+    assert time.monotonic() - started < 10  # one probe, not from_pretrained's retries (46 s here)
+    assert "model.name='gpt2'" in str(err.value) and "http://127.0.0.1:9 is unreachable" in str(err.value)
+    assert "absolute folder" in str(err.value)
+
+
+def test_in_the_hub_clients_offline_mode_no_probe_is_made(monkeypatch):
+    # HF_HUB_OFFLINE=1: the client reads its cache; a copy there must not be refused by a probe.
+    from huggingface_hub import constants
+
+    from gptpipe.hub import unreachable_reason
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    assert unreachable_reason() is None
 
 
 def test_a_folder_without_a_model_is_refused(tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 
 import numpy as np
 import pandas as pd
@@ -117,12 +118,18 @@ def test_hf_backend_scores_text_pairs_like_the_classifier_itself(tiny_params, to
     assert score["scorer"] == str(tiny_classifier) and score["test"]["pairs"] == 60
 
 
-def test_hf_backend_offline_names_the_alternatives(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_hf_backend_without_the_hub_fails_in_seconds_naming_the_alternatives(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # a closed port, on any machine
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    started = time.monotonic()
     with pytest.raises(RewardUnreachable) as err:
         load_hub_classifier("OpenAssistant/reward-model-deberta-v3-large-v2")
+    assert time.monotonic() - started < 10  # one probe, not from_pretrained's retries (46 s here)
     message = str(err.value)
-    assert "\n" not in message and "absolute folder" in message and "reward.backend=trained" in message
+    assert "\n" not in message and "http://127.0.0.1:9 is unreachable" in message
+    assert "absolute folder" in message and "reward.backend=trained" in message
 
 
 def test_a_folder_without_a_reward_model_is_a_clear_error(tmp_path):

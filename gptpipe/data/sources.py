@@ -20,13 +20,11 @@ from gptpipe.data import synthetic
 from gptpipe.config import DataConfig
 from gptpipe.errors import UserError
 from gptpipe.files import atomic_path
+from gptpipe.hub import unreachable_reason
 from gptpipe.data.hh import DataFileError, Pair, ParseReport, parse_records, read_jsonl
 
 SPLITS = ("train", "test")
 HF_DATASET = "Anthropic/hh-rlhf"
-# Seconds to wait for the hub's answer before calling it unreachable: a HEAD to huggingface.co takes
-# well under a second where there is network; offline, DNS fails at once.
-HUB_PROBE_TIMEOUT_S = 3.0
 META_COLUMNS = ("family", "question", "answer", "chosen_quality", "rejected_quality", "flawed")
 
 
@@ -132,14 +130,13 @@ def carve(records: list[Any], fraction: float, seed: int) -> tuple[list[Any], li
 def read_hub(division: str) -> dict[str, list[Any]]:
     """HH-RLHF from the Hugging Face hub (real loading code; fails fast and plainly offline).
 
-    Without network `datasets.load_dataset` retries for ~25 s, printing a line per retry, before it
-    gives up; one HEAD to the hub with a short timeout tells the same in a fraction of a second. In
-    the hub client's offline mode (HF_HUB_OFFLINE=1) no request is made: datasets reads its cache.
+    Without network `datasets.load_dataset` retries for ~25 s, printing a line per retry: the hub is
+    probed first (gptpipe.hub). In the hub client's offline mode (HF_HUB_OFFLINE=1) no request is
+    made: datasets reads its cache.
     """
-    from huggingface_hub import constants  # imported here, as datasets is: only this source needs it
-
-    if not constants.is_offline_mode():
-        _check_hub_reachable(constants.ENDPOINT, division)
+    why = unreachable_reason()
+    if why:
+        raise _unreachable(division, why)
     import datasets  # heavy import, only for this source
 
     try:
@@ -148,19 +145,6 @@ def read_hub(division: str) -> dict[str, list[Any]]:
         why = f"could not load it ({type(err).__name__}: {_first_line(err)})"
         raise _unreachable(division, why) from None
     return {split: list(loaded[split]) for split in SPLITS}
-
-
-def _check_hub_reachable(endpoint: str, division: str, timeout_s: float = HUB_PROBE_TIMEOUT_S) -> None:
-    """One HEAD request through the hub client's own HTTP session (so its proxy settings apply),
-    no retries: any HTTP answer means reachable; a connection error or timeout means not."""
-    from huggingface_hub.utils import get_session
-
-    try:
-        get_session().head(endpoint, timeout=timeout_s)
-    except Exception as err:  # httpx's transport errors, or a proxy's; all mean "no hub"
-        raise _unreachable(
-            division, f"{endpoint} is unreachable ({type(err).__name__}: {_first_line(err)})"
-        ) from None
 
 
 def _unreachable(division: str, why: str) -> SourceUnreachable:

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreT
 from gptpipe.config import ModelConfig
 from gptpipe.errors import UserError, reading
 from gptpipe.files import atomic_path
+from gptpipe.hub import unreachable_reason
 from gptpipe.data.tokenizer import EOT_ID
 
 HUB_GPT2 = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -47,14 +48,17 @@ def load_pretrained(name: str) -> PreTrainedModel:
             raise ModelUnreachable(f"{name}: no config.json; not a save_pretrained model folder")
         with reading(name, "saved model", fix="save it again with save_pretrained"):
             return AutoModelForCausalLM.from_pretrained(name)
-    try:
-        return AutoModelForCausalLM.from_pretrained(name)
-    except OSError as err:
-        raise ModelUnreachable(
-            f"model.name={name!r}: could not load from the Hugging Face hub "
-            f"({_first_line(err)}). Offline, run `model.save_pretrained(folder)` where the hub is "
-            "reachable and set model.name to that absolute folder, or use model.init=scratch"
-        ) from None
+    why = unreachable_reason()  # in seconds, where from_pretrained would retry for most of a minute
+    if why is None:
+        try:
+            return AutoModelForCausalLM.from_pretrained(name)
+        except OSError as err:
+            why = _first_line(err)
+    raise ModelUnreachable(
+        f"model.name={name!r}: could not load from the Hugging Face hub ({why}). Offline, run "
+        "`model.save_pretrained(folder)` where the hub is reachable and set model.name to that absolute "
+        "folder, or use model.init=scratch"
+    )
 
 
 def save_model(model: PreTrainedModel, out: Path) -> None:

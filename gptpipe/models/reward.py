@@ -33,6 +33,7 @@ from transformers import (
 from gptpipe.data.batches import LMExample, collate
 from gptpipe.errors import UserError, reading
 from gptpipe.files import atomic_path
+from gptpipe.hub import unreachable_reason
 from gptpipe.data.hh import ASSISTANT, HUMAN
 from gptpipe.data.tokenizer import EOT_ID, encode
 
@@ -203,13 +204,17 @@ def load_hub_classifier(name: str):
     local = Path(name).is_absolute() or Path(name).exists()
     if local and not (Path(name) / "config.json").is_file():
         raise RewardUnreachable(f"reward.name={name}: no config.json; not a save_pretrained folder")
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(name)
-        tokenizer = AutoTokenizer.from_pretrained(name)
-    except OSError as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    # in seconds, where from_pretrained would retry for most of a minute
+    why = None if local else unreachable_reason()
+    if why is None:
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(name)
+            tokenizer = AutoTokenizer.from_pretrained(name)
+        except OSError as err:
+            why = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    if why is not None:
         raise RewardUnreachable(
-            f"reward.name={name!r}: could not load from the Hugging Face hub ({first}). Offline, "
+            f"reward.name={name!r}: could not load from the Hugging Face hub ({why}). Offline, "
             "save_pretrained the model and its tokenizer where the hub is reachable and set reward.name "
             "to that absolute folder, or use reward.backend=trained"
         ) from None
