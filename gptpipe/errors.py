@@ -16,6 +16,13 @@ class UserError(Exception):
     """Bad params, a bad input file, or an asset that could not be reached."""
 
 
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, cut to `limit` characters ("" where it has none):
+    library errors can run to pages, and a UserError is one line."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:limit] if lines else ""
+
+
 # The fix for a corrupt file that a stage of this pipeline wrote.
 FROM_A_STAGE = "bring back the last good copy (`gptpipe restore <the stage that writes it>`) or rerun that stage"
 
@@ -31,8 +38,7 @@ def reading(path: str | Path, what: str, fix: str = FROM_A_STAGE) -> Iterator[No
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 (only the read is inside the block)
-        first = (str(err).strip().splitlines() or [""])[0][:160]
-        raise UserError(f"{path}: not a readable {what} ({type(err).__name__}: {first}); {fix}") from None
+        raise UserError(f"{path}: not a readable {what} ({type(err).__name__}: {first_line(err, 160)}); {fix}") from None
 
 
 def run_or_exit(main: Callable[[], object]) -> None:

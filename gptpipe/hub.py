@@ -4,6 +4,8 @@ short timeout tells the same in a fraction of a second, so every hub asset is pr
 
 from __future__ import annotations
 
+from gptpipe.errors import first_line
+
 # Seconds to wait for the hub's answer: a HEAD to huggingface.co takes well under a second where
 # there is network; offline, DNS fails at once.
 HUB_PROBE_TIMEOUT_S = 3.0
@@ -21,6 +23,5 @@ def unreachable_reason(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> str | None:
     try:
         get_session().head(constants.ENDPOINT, timeout=timeout_s)
     except Exception as err:  # httpx's transport errors, or a proxy's; all mean "no hub"
-        first = (str(err).strip().splitlines() or [""])[0][:200]
-        return f"{constants.ENDPOINT} is unreachable ({type(err).__name__}: {first})"
+        return f"{constants.ENDPOINT} is unreachable ({type(err).__name__}: {first_line(err)})"
     return None

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from gptpipe.data import synthetic
 from gptpipe.config import DataConfig
-from gptpipe.errors import UserError
+from gptpipe.errors import UserError, first_line
 from gptpipe.files import atomic_path
 from gptpipe.hub import unreachable_reason
 from gptpipe.data.hh import DataFileError, Pair, ParseReport, parse_records, read_jsonl
@@ -142,7 +142,7 @@ def read_hub(division: str) -> dict[str, list[Any]]:
     try:
         loaded = datasets.load_dataset(HF_DATASET, data_dir=division)
     except Exception as err:  # the hub client raises many types; all mean "could not fetch"
-        why = f"could not load it ({type(err).__name__}: {_first_line(err)})"
+        why = f"could not load it ({type(err).__name__}: {first_line(err)})"
         raise _unreachable(division, why) from None
     return {split: list(loaded[split]) for split in SPLITS}
 
@@ -214,8 +214,3 @@ def _refuse_unusable(split: str, report: ParseReport, raw: RawSplits, cfg: DataC
 
 def _division(cfg: DataConfig) -> str | None:
     return None if cfg.source == "synthetic" else cfg.division
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else ""

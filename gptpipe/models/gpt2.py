@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 from gptpipe.config import ModelConfig
-from gptpipe.errors import UserError, reading
+from gptpipe.errors import UserError, first_line, reading
 from gptpipe.files import atomic_path
 from gptpipe.hub import unreachable_reason
 from gptpipe.data.tokenizer import EOT_ID
@@ -53,7 +53,7 @@ def load_pretrained(name: str) -> PreTrainedModel:
         try:
             return AutoModelForCausalLM.from_pretrained(name)
         except OSError as err:
-            why = _first_line(err)
+            why = first_line(err) or type(err).__name__
     raise ModelUnreachable(
         f"model.name={name!r}: could not load from the Hugging Face hub ({why}). Offline, run "
         "`model.save_pretrained(folder)` where the hub is reachable and set model.name to that absolute "
@@ -72,8 +72,3 @@ def load_model(path: Path) -> PreTrainedModel:
         raise ModelUnreachable(f"{path}: holds no saved model (no config.json)")
     with reading(path, "saved model"):
         return AutoModelForCausalLM.from_pretrained(path)
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:200] if lines else type(err).__name__

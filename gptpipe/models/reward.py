@@ -31,7 +31,7 @@ from transformers import (
 )
 
 from gptpipe.data.batches import LMExample, collate
-from gptpipe.errors import UserError, reading
+from gptpipe.errors import UserError, first_line, reading
 from gptpipe.files import atomic_path
 from gptpipe.hub import unreachable_reason
 from gptpipe.data.hh import ASSISTANT, HUMAN
@@ -211,7 +211,7 @@ def load_hub_classifier(name: str):
             model = AutoModelForSequenceClassification.from_pretrained(name)
             tokenizer = AutoTokenizer.from_pretrained(name)
         except OSError as err:
-            why = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            why = first_line(err) or type(err).__name__
     if why is not None:
         raise RewardUnreachable(
             f"reward.name={name!r}: could not load from the Hugging Face hub ({why}). Offline, "
