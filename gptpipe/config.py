@@ -49,6 +49,18 @@ class SharedConfig(Section):
     # DDP processes for the training stages (base, reward, sft, dpo): above 1, `dvc repro` launches
     # each under torchrun itself (one process per GPU), so dvc.lock records the run like any other.
     processes: PositiveInt = 1
+    # How those processes share the model: ddp gives each a whole replica (the fastest where the
+    # model, gradients and optimizer state fit one card); fsdp shards all three across them (FSDP2),
+    # for models that do not (gpt2-xl full fine-tuning: ~25 GB of them in fp32 with AdamW).
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+
+    @model_validator(mode="after")
+    def _sharding_is_supported(self) -> SharedConfig:
+        if self.strategy == "fsdp" and self.processes == 1:
+            raise ValueError("strategy: fsdp shards across processes; set shared.processes to the number of GPUs (2 or more), or strategy: ddp")
+        if self.strategy == "fsdp" and self.dtype == "float16":
+            raise ValueError("strategy: fsdp with dtype float16 (loss scaling is not sharded here); use dtype bfloat16, or strategy: ddp")
+        return self
 
 
 class SyntheticConfig(Section):
@@ -360,6 +372,15 @@ class Params(Section):
                 f"tokenize.max_length: {self.tokenize.max_length} exceeds "
                 f"model.n_positions={self.model.n_positions}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _optimizers_shard(self) -> Params:
+        if self.shared.strategy == "fsdp":
+            for section in ("base", "train", "reward", "dpo"):
+                if getattr(self, section).optimizer == "galore":
+                    raise ValueError(f"{section}.optimizer: galore projects whole matrices, and shared.strategy: fsdp "
+                                     "gives each process a shard; use adamw there, or strategy: ddp")
         return self
 
     @model_validator(mode="after")

@@ -57,6 +57,11 @@ def memory_report(params: Params, card: Card | None) -> tuple[list[str], list[st
             f"shared.dtype=bfloat16: {card.name} has no native bf16 (compute capability below 8.0) and "
             "would emulate it, slowly; set shared.dtype=float16 (autocast with loss scaling) or float32"
         )
+    if params.shared.processes > card.count:
+        problems.append(
+            f"shared.processes={params.shared.processes}: this machine has {card.count} {card.name}; "
+            f"one process per GPU, so set shared.processes to at most {card.count}"
+        )
     for job in jobs(params):
         try:
             chosen = plan(job, card)

@@ -15,6 +15,7 @@ from gptpipe.train.checkpoint import discard, run_key
 from gptpipe.train.flops import ModelShape, count_params
 from gptpipe.train.language_model import fit_language_model, measure_language_model, series_rows
 from gptpipe.train.runtime import make_runtime
+from gptpipe.train.sharding import full_weights
 
 
 def run(shared: SharedConfig, model: ModelConfig, base: BaseConfig, tokenized: Path, out: Path,
@@ -30,10 +31,11 @@ def run(shared: SharedConfig, model: ModelConfig, base: BaseConfig, tokenized: P
     state, figures = fit_language_model(net, data, base, runtime, seed=shared.seed, checkpoint=checkpoint, desc="base")
     figures["lora_rank"] = 0
     figures["trainable_fraction"] = round(figures["trainable_parameters"] / figures["parameters"], 6)
-    if runtime.is_main:
-        save_model(net, out)
-        _write_outputs(state.rows, figures, metrics, plots_dir)
-        discard(checkpoint)
+    with full_weights(net):  # a collective under FSDP: every rank gathers, the main one saves
+        if runtime.is_main:
+            save_model(net, out)
+            _write_outputs(state.rows, figures, metrics, plots_dir)
+            discard(checkpoint)
     return figures
 
 
@@ -45,8 +47,9 @@ def _measure_hub_model(model, base, runtime, data, seed, out, metrics, plots_dir
         "parameters": count_params(ModelShape.from_config(net.config)),
         "train_loss": row["train_loss"], "test_loss": row["test_loss"],
     }
-    save_model(net.cpu(), out)
-    _write_outputs([row], figures, metrics, plots_dir)
+    if runtime.is_main:  # under torchrun every rank measured; one writes
+        save_model(net.cpu(), out)
+        _write_outputs([row], figures, metrics, plots_dir)
     return figures
 
 

@@ -18,6 +18,7 @@ from gptpipe.train.dpo import DirectPreference, cache_reference, curves_title, d
 from gptpipe.train.flops import ModelShape
 from gptpipe.train.loop import train
 from gptpipe.train.runtime import make_runtime
+from gptpipe.train.sharding import full_weights
 
 
 def run(shared: SharedConfig, dpo: DpoConfig, tokenized: Path, sft: Path, out: Path, metrics: Path,
@@ -41,12 +42,13 @@ def run(shared: SharedConfig, dpo: DpoConfig, tokenized: Path, sft: Path, out: P
         checkpoint=checkpoint, shape=shape, desc="dpo",
     )
     figures = dpo_metrics(dpo, state.rows, trained, shape, plan, reference_seconds)
-    if runtime.is_main:
-        save_finetuned(model, out, dpo.lora)
-        write_tsv(plots_dir / "loss.tsv", state.rows)
-        dpo_curves(state.rows, plots_dir / "curves.png", curves_title(dpo))
-        write_json(metrics, figures)
-        discard(checkpoint)
+    with full_weights(model):  # a collective under FSDP: every rank gathers, the main one saves
+        if runtime.is_main:
+            save_finetuned(model, out, dpo.lora)
+            write_tsv(plots_dir / "loss.tsv", state.rows)
+            dpo_curves(state.rows, plots_dir / "curves.png", curves_title(dpo))
+            write_json(metrics, figures)
+            discard(checkpoint)
     return figures
 
 

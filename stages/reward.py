@@ -21,6 +21,7 @@ from gptpipe.train.checkpoint import discard, run_key
 from gptpipe.train.flops import ModelShape
 from gptpipe.train.loop import evaluate, train
 from gptpipe.train.runtime import inference_device, make_runtime
+from gptpipe.train.sharding import full_weights
 from gptpipe.train.objectives import BradleyTerry
 
 SERIES_COLUMNS = ("step", "tokens", "flops", "lr", "train_loss", "test_loss", "train_accuracy", "test_accuracy")
@@ -53,12 +54,13 @@ def run(shared: SharedConfig, reward: RewardConfig, tokenized: Path, raw: Path, 
         "test_loss_all_pairs": full_test["loss"],
         **trained,
     }
-    if runtime.is_main:
-        save_reward_model(model.cpu(), out, {"backend": "trained", "name": figures["name"]})
-        write_tsv(plots_dir / "loss.tsv", [{c: r[c] for c in SERIES_COLUMNS} for r in state.rows])
-        plots.reward_curves(state.rows, plots_dir / "curves.png", "reward model: Bradley-Terry loss and pair accuracy")
-        write_json(metrics, figures)
-        discard(checkpoint)
+    with full_weights(model):  # a collective under FSDP: every rank gathers, the main one saves
+        if runtime.is_main:
+            save_reward_model(model.cpu(), out, {"backend": "trained", "name": figures["name"]})
+            write_tsv(plots_dir / "loss.tsv", [{c: r[c] for c in SERIES_COLUMNS} for r in state.rows])
+            plots.reward_curves(state.rows, plots_dir / "curves.png", "reward model: Bradley-Terry loss and pair accuracy")
+            write_json(metrics, figures)
+            discard(checkpoint)
     return figures
 
 

@@ -16,6 +16,7 @@ from gptpipe.models.lora import add_lora, save_finetuned
 from gptpipe.train.checkpoint import discard, run_key
 from gptpipe.train.language_model import fit_language_model, series_rows
 from gptpipe.train.runtime import make_runtime
+from gptpipe.train.sharding import full_weights
 
 
 def run(shared: SharedConfig, train: SftConfig, subset: Path, tokenized: Path, raw_test: Path | None, base: Path,
@@ -34,13 +35,14 @@ def run(shared: SharedConfig, train: SftConfig, subset: Path, tokenized: Path, r
     state, figures = fit_language_model(model, data, train, runtime, seed=shared.seed, checkpoint=checkpoint, desc="sft")
     figures["lora_rank"] = train.lora.rank
     figures["trainable_fraction"] = round(figures["trainable_parameters"] / figures["parameters"], 6)
-    if runtime.is_main:
-        save_finetuned(model, out, train.lora)
-        write_tsv(plots_dir / "loss.tsv", series_rows(state.rows))
-        plots.loss_curves(state.rows, plots_dir / "loss.png", "sft: loss per counted token")
-        plots.memory_bars(figures["memory"], plots_dir / "memory.png", f"sft: training memory ({figures['optimizer']})")
-        write_json(metrics, figures)
-        discard(checkpoint)
+    with full_weights(model):  # a collective under FSDP: every rank gathers, the main one saves
+        if runtime.is_main:
+            save_finetuned(model, out, train.lora)
+            write_tsv(plots_dir / "loss.tsv", series_rows(state.rows))
+            plots.loss_curves(state.rows, plots_dir / "loss.png", "sft: loss per counted token")
+            plots.memory_bars(figures["memory"], plots_dir / "memory.png", f"sft: training memory ({figures['optimizer']})")
+            write_json(metrics, figures)
+            discard(checkpoint)
     return figures
 
 

@@ -119,3 +119,45 @@ def test_activation_checkpointing_gives_the_same_training(tiny_params, tokenized
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(p, q, msg=name)
     assert [r["train_loss"] for r in state_a.rows] == pytest.approx([r["train_loss"] for r in state_b.rows])
+
+
+def test_fsdp_shards_the_training_state_and_is_named_where_one_card_cannot_hold_it():
+    # gpt2-xl full fine-tuning with AdamW on 24 GB cards: ~25 GB of weights, gradients and moments.
+    job = Job("train", "gpt2-xl", GPT2_SHAPES["gpt2-xl"], LoopConfig(batch_size=16, micro_batch_size=16),
+              LoraConfig(), "bfloat16", 512)
+    alone, over4 = need(job, 1, True), need(Job(**{**vars(job), "shards": 4}), 1, True)
+    for part in ("parameters", "gradients", "optimizer_state"):
+        assert over4.parts[part] == pytest.approx(alone.parts[part] / 4, abs=4)
+    # What sharding does not divide: autocast's bf16 copies, the head's buffer, the gathered weights.
+    assert over4.parts["bf16_copies"] == alone.parts["bf16_copies"] and "gathered_weights" not in alone.parts
+    assert 0 < over4.parts["gathered_weights"] < alone.parts["parameters"] / 4
+    with pytest.raises(MemoryPlanError, match=r"shared\.strategy=fsdp shared\.processes=(\d+) on \1 such cards") as err:
+        plan(job, L4)
+    cards = int(str(err.value).split("shared.processes=")[1].split()[0])
+    # The named number of cards is the fewest that fit, and the preset set that way plans clean.
+    params = full_preset(model={"name": "gpt2-xl"}, shared={"strategy": "fsdp", "processes": cards})
+    sft = next(j for j in jobs(params) if j.stage == "train")
+    assert sft.shards == cards and plan(sft, L4).bytes <= L4.usable_bytes
+    fewer = full_preset(model={"name": "gpt2-xl"}, shared={"strategy": "fsdp", "processes": cards - 1})
+    with pytest.raises(MemoryPlanError):
+        plan(next(j for j in jobs(fewer) if j.stage == "train"), L4)
+
+
+def test_more_processes_than_gpus_is_a_preflight_problem():
+    _, problems = memory_report(full_preset(shared={"processes": 4}), Card(H100.name, H100.total_bytes, True, count=2))
+    assert any(p.startswith("shared.processes=4: this machine has 2 NVIDIA H100") for p in problems)
+    _, problems = memory_report(full_preset(shared={"processes": 2}), Card(H100.name, H100.total_bytes, True, count=2))
+    assert not any(p.startswith("shared.processes") for p in problems)
+
+
+@pytest.mark.parametrize("shared,section,message", [
+    ({"strategy": "fsdp", "processes": 1}, None, "set shared.processes"),
+    ({"strategy": "fsdp", "processes": 2, "dtype": "float16"}, None, "use dtype bfloat16"),
+    ({"strategy": "fsdp", "processes": 2}, {"dpo": {"optimizer": "galore"}}, "dpo.optimizer: galore"),
+])
+def test_settings_fsdp_cannot_run_fail_before_any_work(shared, section, message):
+    from gptpipe.config import parse_params
+    from tiny import TINY
+
+    with pytest.raises(Exception, match=message):
+        parse_params({**TINY, "shared": shared, **(section or {})})

@@ -106,6 +106,30 @@ def test_ddp_with_two_processes_gives_the_single_process_update(tokenized, tmp_p
         assert ra["test_loss"] == pytest.approx(rb["test_loss"], abs=1e-4)
 
 
+def _torchrun(processes: int = 2) -> tuple[str, ...]:
+    return (sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+            f"--master_port={_free_port()}", "--master_addr=127.0.0.1")
+
+
+def test_a_killed_sharded_run_resumes_to_the_uninterrupted_result(tokenized, tmp_path):
+    # FSDP: the checkpoint is every rank's shards gathered whole, and a resume scatters them back.
+    args = ("--micro-batch-size", "4", "--strategy", "fsdp")
+    whole = _worker(tokenized, tmp_path / "whole.json", tmp_path / "whole.ckpt", *args, launcher=_torchrun())
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = _worker(tokenized, tmp_path / "resumed.json", tmp_path / "resumed.ckpt", *args, "--kill-at-step", "10",
+                     launcher=_torchrun())
+    assert killed.returncode != 0 and not (tmp_path / "resumed.json").exists()
+    assert (tmp_path / "resumed.ckpt").exists()
+    resumed = _worker(tokenized, tmp_path / "resumed.json", tmp_path / "resumed.ckpt", *args, launcher=_torchrun())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr and "at step 8" in resumed.stderr
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("whole", "resumed"))
+    assert a["rows"] == b["rows"]
+    assert a["rows"][-1]["test_loss"] < a["rows"][0]["test_loss"]
+    wa, wb = (torch.load(tmp_path / f"{n}.pt") for n in ("whole", "resumed"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_a_step_ddp_cannot_share_is_one_user_error_naming_the_fix():
     from gptpipe.errors import UserError
     from gptpipe.train.loop import _check_divisible

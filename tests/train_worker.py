@@ -23,6 +23,7 @@ from gptpipe.train.objectives import LanguageModelling  # noqa: E402
 from gptpipe.data.tokenizer import read_arrow  # noqa: E402
 from gptpipe.train.loop import train  # noqa: E402
 from gptpipe.train.runtime import make_runtime  # noqa: E402
+from gptpipe.train.sharding import full_weights  # noqa: E402
 
 
 def main() -> None:
@@ -35,10 +36,12 @@ def main() -> None:
     parser.add_argument("--optimizer", default="adamw")
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--strategy", default="ddp")
     args = parser.parse_args()
 
     train_overrides = {"micro_batch_size": args.micro_batch_size, "optimizer": args.optimizer, "lr": args.lr}
-    overrides = {**TINY, "train": {**TINY["train"], **train_overrides}, "shared": {"dtype": args.dtype}}
+    overrides = {**TINY, "train": {**TINY["train"], **train_overrides}, "shared": {
+        "dtype": args.dtype, "strategy": args.strategy, "processes": int(os.environ.get("WORLD_SIZE", 1))}}
     params = parse_params(overrides)
     cfg, seed = params.train, params.shared.seed
     data = {s: lm_examples(read_arrow(args.tokenized / f"{s}.arrow"), "response", ("chosen",)) for s in ("train", "test")}
@@ -51,9 +54,10 @@ def main() -> None:
         LanguageModelling(model), plan, {n: eval_sample(e, cfg.eval_samples, seed) for n, e in data.items()},
         cfg, runtime, seed=seed, checkpoint=args.checkpoint, shape=ModelShape.from_config(model.config),
     )
-    if runtime.rank == 0:
-        torch.save(model.state_dict(), args.out.with_suffix(".pt"))
-        args.out.write_text(json.dumps({"rows": state.rows, "metrics": metrics}))
+    with full_weights(model):  # FSDP: the whole weights, gathered by every rank
+        if runtime.rank == 0:
+            torch.save(model.state_dict(), args.out.with_suffix(".pt"))
+            args.out.write_text(json.dumps({"rows": state.rows, "metrics": metrics}))
 
 
 def _die_at(plan: StepPlan, step: int) -> None:

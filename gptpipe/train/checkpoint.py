@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from gptpipe.errors import UserError
 from gptpipe.files import atomic_path
+from gptpipe.train.sharding import is_sharded, load_state_dicts, state_dicts
 
 LIBRARY = Path(__file__).resolve().parents[1]  # the gptpipe package: its code is part of the key
 
@@ -42,10 +43,16 @@ def run_key(stage: str, configs: Sequence[BaseModel], inputs: Sequence[Path]) ->
 
 
 def save_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Optimizer, state: Any,
-                    scaler: torch.amp.GradScaler | None = None) -> None:
+                    scaler: torch.amp.GradScaler | None = None, write: bool = True) -> None:
+    """Every rank calls it (a sharded objective is gathered whole first); the one with `write` saves."""
+    if not write and not is_sharded(objective):
+        return
+    model_state, optim_state = state_dicts(objective, optimizer)
+    if not write:
+        return
     payload = {
-        "objective": objective.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "objective": model_state,
+        "optimizer": optim_state,
         "state": dict(vars(state)),
         "torch_rng": torch.get_rng_state(),
         "python_rng": random.getstate(),
@@ -71,8 +78,7 @@ def load_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Opt
             f"{path}: not a checkpoint this run can resume ({type(err).__name__}: {first}); "
             f"remove it (rm {path}) and run again to start this stage over"
         ) from None
-    objective.load_state_dict(payload["objective"])
-    optimizer.load_state_dict(payload["optimizer"])
+    load_state_dicts(objective, optimizer, payload["objective"], payload["optimizer"])
     if scaler is not None and "scaler" in payload:
         scaler.load_state_dict(payload["scaler"])
     vars(state).update(payload["state"])

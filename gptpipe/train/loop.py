@@ -28,6 +28,7 @@ from gptpipe.errors import UserError
 from gptpipe.train.runtime import Runtime, autocast, checkpoint_bodies, compile_bodies
 from gptpipe.train.checkpoint import load_checkpoint, save_checkpoint
 from gptpipe.train.optim import build_optimizer, learning_rate, memory_split, theoretical_state_bytes
+from gptpipe.train.sharding import scalar, shard
 
 
 @dataclass
@@ -56,6 +57,8 @@ def train(
     objective.to(runtime.device)
     if cfg.activation_checkpointing:
         checkpoint_bodies(objective)
+    if runtime.sharded:  # before the optimizer, which then holds (and updates) this rank's shards only
+        shard(objective)
     optimizer = build_optimizer(objective.parameters(), cfg)
     # fp16 gradients underflow without loss scaling; for fp32 and bf16 the scaler passes through.
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.autocast_dtype == torch.float16)
@@ -80,8 +83,8 @@ def train(
             bar.set_postfix({k: f"{v:.3f}" for k, v in figures.items() if k.endswith("_loss")})
         if last:
             break
-        if state.step % cfg.checkpoint_every == 0 and state.step > 0 and runtime.is_main:
-            save_checkpoint(checkpoint, objective, optimizer, state, scaler)
+        if state.step % cfg.checkpoint_every == 0 and state.step > 0:
+            save_checkpoint(checkpoint, objective, optimizer, state, scaler, write=runtime.is_main)
         # -- the step --
         timer.start()
         micro_batches = [_collate(objective, m, runtime) for m in plan.micro_batches(state.step)]
@@ -170,7 +173,9 @@ def _collate(objective: nn.Module, examples: Sequence, runtime: Runtime):
 
 def _wrap(objective: nn.Module, runtime: Runtime) -> nn.Module:
     net = objective
-    if runtime.world_size > 1:
+    # Sharded, the objective is already its own FSDP root; it syncs every micro-batch's gradients
+    # (a reduce-scatter each), so that no rank ever holds the whole gradient: memory is why it shards.
+    if runtime.world_size > 1 and not runtime.sharded:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
     if runtime.compile:
@@ -187,8 +192,8 @@ def _no_sync(net: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
 def _clip(objective: nn.Module, max_norm: float) -> float:
     params = [p for p in objective.parameters() if p.grad is not None]
     if max_norm > 0:
-        return torch.nn.utils.clip_grad_norm_(params, max_norm).item()
-    return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).item()
+        return scalar(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    return scalar(torch.nn.utils.get_total_norm([p.grad for p in params]))
 
 
 def _logged(state: RunState) -> bool:

@@ -16,7 +16,9 @@ appear as the activations are released. Parameters, gradients and optimizer stat
 exactly from the model built on the meta device with the real code (LoRA adapters included).
 
 `plan` tries the configured micro-batch, then smaller ones (the same batch, more accumulation), then
-the same with activation checkpointing, and otherwise names what would fit: LoRA, GaLore, a larger card.
+the same with activation checkpointing, and otherwise names what would fit: LoRA, GaLore, FSDP over
+several cards, a larger card. Under FSDP each process holds 1/processes of the weights, gradients and
+optimizer state, plus the weights it has gathered (the root's, and two blocks').
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Card:
     name: str
     total_bytes: int
     bf16: bool  # native bf16 (compute capability 8.0 and up); older cards emulate it, slowly
+    count: int = 1  # cards of this kind in the machine (what FSDP could shard over)
 
     @property
     def usable_bytes(self) -> int:
@@ -61,7 +64,7 @@ class Card:
         if not torch.cuda.is_available():
             return None
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
-        return cls(props.name, props.total_memory, props.major >= 8)
+        return cls(props.name, props.total_memory, props.major >= 8, torch.cuda.device_count())
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class Job:
     max_length: int  # tokens per sequence, worst case
     sequences_per_example: int = 1  # 2 for preference pairs (chosen and rejected in one pass)
     frozen_copy: bool = False  # DPO's live reference without LoRA: a second, frozen model
+    shards: int = 1  # FSDP processes holding a slice each of weights, gradients and optimizer state
 
 
 @dataclass(frozen=True)
@@ -100,14 +104,16 @@ def jobs(params: Params) -> list[Job]:
         label, shape = f"{m.n_layer}x{m.n_embd}", ModelShape(m.n_layer, m.n_embd, m.n_head, n_positions=m.n_positions)
     else:
         label, shape = m.name, scaling_shape(m.name, params.scaling.head_dim)
+    shards = params.shared.processes if params.shared.strategy == "fsdp" else 1  # the distributed stages
     found = []
     if m.init == "scratch":
-        found.append(Job("base", label, shape, params.base, LoraConfig(), dtype, length))
-    found.append(Job("train", label, shape, params.train, params.train.lora, dtype, length))
+        found.append(Job("base", label, shape, params.base, LoraConfig(), dtype, length, shards=shards))
+    found.append(Job("train", label, shape, params.train, params.train.lora, dtype, length, shards=shards))
     if params.reward.backend == "trained":
-        found.append(Job("reward", label, shape, params.reward, LoraConfig(), dtype, length, 2))
+        found.append(Job("reward", label, shape, params.reward, LoraConfig(), dtype, length, 2, shards=shards))
     dpo = params.dpo
-    found.append(Job("dpo", label, shape, dpo, dpo.lora, dtype, length, 2, dpo.reference == "live" and not dpo.lora.rank))
+    live_copy = dpo.reference == "live" and not dpo.lora.rank
+    found.append(Job("dpo", label, shape, dpo, dpo.lora, dtype, length, 2, live_copy, shards=shards))
     for name in params.scaling.models:
         sweep = run_config(params.scaling, 1)
         found.append(Job("scaling", name, scaling_shape(name, params.scaling.head_dim), sweep, LoraConfig(), dtype, length))
@@ -126,16 +132,24 @@ def model_bytes(job: Job) -> dict[str, int]:
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
     n_all, n_trainable = sum(p.numel() for p in params), sum(p.numel() for p in trainable)
-    return {
-        "parameters": 4 * n_all * (2 if job.frozen_copy else 1),  # fp32 master weights
-        "gradients": 4 * n_trainable,
-        "optimizer_state": theoretical_state_bytes(job.loop, trainable),
+    copies = 2 if job.frozen_copy else 1
+    parts = {
+        "parameters": 4 * n_all * copies // job.shards,  # fp32 master weights
+        "gradients": 4 * n_trainable // job.shards,
+        "optimizer_state": theoretical_state_bytes(job.loop, trainable) // job.shards,
         # Autocast's bf16 copy of every weight a matmul reads, kept for the backward pass: cached for
         # trainable weights, saved by autograd for frozen ones (LoRA: measured 2% under this).
         "bf16_copies": 2 * n_all if job.dtype != "float32" else 0,  # bf16 or fp16: 2 bytes
         # The fused LM head keeps dW in fp32 through the forward pass when the head trains.
         "lm_head_buffer": 4 * job.shape.vocab_size * job.shape.n_embd if not job.lora.rank else 0,
     }
+    if job.shards > 1:
+        # FSDP gathers the root's weights (embeddings, the tied head) for the whole step, and a block's
+        # while it runs, the next one's prefetched beside it.
+        block = sum(p.numel() for p in model.transformer.h[0].parameters())
+        root = n_all - job.shape.n_layer * block
+        parts["gathered_weights"] = 4 * (root + 2 * block) * copies
+    return parts
 
 
 def need(job: Job, micro_batch_size: int, checkpointing: bool) -> Need:
@@ -196,7 +210,10 @@ def _no_fit(job: Job, card: Card, configured: Need) -> str:
     options = [f"{o} ({trial.bytes / GB:.1f} GB at micro-batch 1, checkpointed)" for o, trial in _lighter(job) if trial.bytes <= card.usable_bytes]
     if job.stage == "scaling":
         options.append(f"{job.label} dropped from scaling.models")
-    # No sharding across GPUs here yet (DDP replicates the model): the one other way is a bigger card.
+    elif job.shards == 1 and (cards := _cards_to_shard_over(job, card)):
+        sharded = need(replace(job, shards=cards), 1, True)
+        options.append(f"shared.strategy=fsdp shared.processes={cards} on {cards} such cards "
+                       f"({sharded.bytes / GB:.1f} GB each at micro-batch 1, checkpointed)")
     options.append(f"a card with {smallest.bytes / USABLE_FRACTION / GB:.0f} GB or more")
     return (
         f"{job.stage}: {_what(job)} needs {configured.bytes / GB:.1f} GB as set and still "
@@ -215,6 +232,11 @@ def _lighter(job: Job) -> list[tuple[str, Need]]:
     if job.loop.optimizer != "galore":
         found.append((f"{job.stage}.optimizer=galore", replace(job, loop=job.loop.model_copy(update={"optimizer": "galore"}))))
     return [(label, need(changed, 1, True)) for label, changed in found]
+
+
+def _cards_to_shard_over(job: Job, card: Card, most: int = 64) -> int | None:
+    """The fewest cards of this kind over which FSDP fits the job (at micro-batch 1, checkpointed)."""
+    return next((k for k in range(2, most + 1) if need(replace(job, shards=k), 1, True).bytes <= card.usable_bytes), None)
 
 
 def _what(job: Job) -> str:

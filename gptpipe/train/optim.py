@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from gptpipe.config import LoopConfig
+from gptpipe.train.sharding import local
 
 # Learning rates per family when train.lr is null. Adam-family steps are normalised per coordinate,
 # so ~1e-3 suits small GPT-2s; plain SGD steps scale with the raw gradient, whose norm here is far
@@ -59,7 +60,8 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: LoopConfig) -> torch.op
 
 
 def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
+    """Bytes this process holds: of a sharded (FSDP) tensor, its own shard."""
+    return sum(local(t).numel() * t.element_size() for t in tensors)
 
 
 def memory_split(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:

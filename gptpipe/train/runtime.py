@@ -1,4 +1,4 @@
-"""Where and how a run executes: the device, autocast, compile and its DDP rank.
+"""Where and how a run executes: the device, autocast, compile, its rank and the DDP/FSDP strategy.
 
 Apart from the loop so that the stages that only run a model (score, generate, judge) depend on
 where it runs, not on how training works.
@@ -21,7 +21,7 @@ from gptpipe.train import flops
 
 @dataclass
 class Runtime:
-    """Where and how a run executes: device, autocast, compile, and its DDP rank."""
+    """Where and how a run executes: device, autocast, compile, its rank, and how ranks share the model."""
 
     device: torch.device
     autocast_dtype: torch.dtype | None
@@ -29,10 +29,15 @@ class Runtime:
     peak_flops: float
     rank: int = 0
     world_size: int = 1
+    strategy: str = "ddp"  # ddp (each rank a whole replica) | fsdp (each rank a shard; gptpipe.train.sharding)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def sharded(self) -> bool:
+        return self.world_size > 1 and self.strategy == "fsdp"
 
 
 def device_kind(device: str) -> str:
@@ -84,7 +89,7 @@ def make_runtime(shared: SharedConfig) -> Runtime:
     # MFU is measured against the device kind's peak (flops.default_peak_flops says which card's).
     peak = flops.default_peak_flops(device_type, shared.dtype)
     autocast = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(shared.dtype)
-    return Runtime(device, autocast, shared.compile, peak, rank, world_size)
+    return Runtime(device, autocast, shared.compile, peak, rank, world_size, shared.strategy)
 
 
 def autocast(runtime: Runtime) -> contextlib.AbstractContextManager:
