@@ -287,16 +287,19 @@ for _name, _summary in STAGES:
 
 
 @app.command()
-def restore(stage: Annotated[str, typer.Argument(help="a stage as dvc.lock names it: base, judge@sft, ...")]) -> None:
-    """Bring back a stage's last good outputs after a failed run: its cached ones and its metrics and
-    plots, as dvc.lock records them (`dvc checkout` alone skips the `cache: false` files)."""
+def restore(
+    stage: Annotated[str | None, typer.Argument(help="a stage as dvc.lock names it: base, judge@sft, ... (none: every stage)")] = None,
+) -> None:
+    """Bring back a stage's last good outputs after a failed run (or every stage's): its cached ones and
+    its metrics and plots, as dvc.lock records them (`dvc checkout` alone skips the `cache: false` files)."""
     from gptpipe.restore import restore as restore_stage
 
     try:
         copied = restore_stage(stage)
     except UserError as err:
         _fail(err)
-    typer.echo(f"{stage}: last good outputs in place" + (f" ({', '.join(copied)} from the DVC cache)" if copied else ""))
+    what = stage or "every stage"
+    typer.echo(f"{what}: last good outputs in place" + (f" ({', '.join(copied)} from the DVC cache)" if copied else ""))
 
 
 @app.command()

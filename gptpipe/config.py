@@ -375,6 +375,22 @@ class Params(Section):
         return self
 
     @model_validator(mode="after")
+    def _processes_share_each_step(self) -> Params:
+        # Checked here, before torchrun starts any process; the loop checks again the micro-batch the
+        # GPU memory plan may choose.
+        n = self.shared.processes
+        sections = ["train", "dpo"] + (["base"] if self.model.init == "scratch" else []) + (
+            ["reward"] if self.reward.backend == "trained" else [])
+        for section in sections if n > 1 else []:
+            micro_batches = getattr(self, section).grad_accum_steps
+            if micro_batches % n:
+                raise ValueError(
+                    f"{section}.batch_size / {section}.micro_batch_size = {micro_batches} micro-batches per step "
+                    f"cannot be shared by shared.processes={n}; make it a multiple of {n}"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _optimizers_shard(self) -> Params:
         if self.shared.strategy == "fsdp":
             for section in ("base", "train", "reward", "dpo"):

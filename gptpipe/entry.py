@@ -40,11 +40,11 @@ def run_stage(main: Callable[..., object], argv: Sequence[str] | None = None, di
     argv = list(sys.argv[1:] if argv is None else argv)
     arguments = stage_arguments(main, argv)
     stage = _stage_name(main, arguments)
-    if distributed and "LOCAL_RANK" not in os.environ:
-        run_or_exit(lambda: _relaunch_if_distributed(main, argv))
 
     def guarded() -> None:
         try:
+            if distributed and "LOCAL_RANK" not in os.environ:
+                _relaunch_if_distributed(main, argv)  # reads params.yaml: a bad param fails here
             main(**arguments)
         except UserError as err:
             raise UserError(f"{err} [the last good outputs: `gptpipe restore {stage}`]") from None

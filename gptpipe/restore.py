@@ -19,10 +19,11 @@ from gptpipe.errors import UserError
 from gptpipe.files import atomic_path
 
 
-def restore(stage: str, root: Path = Path(".")) -> list[str]:
-    """Put back every output dvc.lock records for `stage`; returns the paths copied from the cache."""
+def restore(stage: str | None = None, root: Path = Path(".")) -> list[str]:
+    """Put back every output dvc.lock records for `stage` (for every stage when None); returns the
+    paths copied from the cache."""
     outs = _locked_outputs(stage, root)
-    _dvc(root, "checkout", stage)
+    _dvc(root, "checkout", *([stage] if stage else []))
     cache = Path(_dvc(root, "cache", "dir").strip()) / "files" / "md5"
     copied, lost = [], []
     for out in outs:
@@ -37,14 +38,17 @@ def restore(stage: str, root: Path = Path(".")) -> list[str]:
             shutil.copyfile(source, tmp)
         copied.append(out["path"])
     if lost:
+        stage = stage or "dvc.lock"
         raise UserError(f"{stage}: no last good copy of {', '.join(lost)} in the DVC cache; "
                         f"`git checkout -- {' '.join(lost)}` where git holds them, else `dvc repro {stage}`")
     return copied
 
 
-def _locked_outputs(stage: str, root: Path) -> list[dict]:
+def _locked_outputs(stage: str | None, root: Path) -> list[dict]:
     lock = root / "dvc.lock"
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
+    if stage is None:
+        return [out for locked in stages.values() for out in locked.get("outs", [])]
     if stage not in stages:
         known = ", ".join(stages) or "none: no stage has run here yet"
         raise UserError(f"{stage}: not a stage with a last good run in dvc.lock (stages: {known})")

@@ -33,7 +33,7 @@ def hh_dir() -> Path:
 @pytest.fixture(scope="session")
 def repro_project(tmp_path_factory) -> Path:
     """This project with the tiny params in a fresh git repo, after the real `dvc repro`. Shared by
-    the modules that drive DVC; each test leaves it as it found it (`dvc checkout -f`)."""
+    the modules that drive DVC; each test leaves it as it found it (`git checkout -- .`, `gptpipe restore`)."""
     return tiny_repro(tmp_path_factory.mktemp("project"))
 
 

@@ -22,6 +22,8 @@ def _base_stage(tiny_params, tokenized, root: Path, processes: int, micro: int =
     params = tiny_params.model_dump(mode="json")
     params["shared"].update(device="cpu", processes=processes, strategy=strategy)
     params["base"].update(micro_batch_size=micro, **base)  # batch 8: two micro-batches a step, one per rank
+    for section in ("train", "reward", "dpo"):  # every distributed stage's step is checked before any runs
+        params[section].update(micro_batch_size=4)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     command = [sys.executable, "-m", "stages.base", "--tokenized", str(tokenized), "--out", "model",
                "--metrics", "base.json", "--plots", "plots", "--checkpoints", "ckpt"]
@@ -50,10 +52,11 @@ def test_two_processes_from_the_stage_command_give_the_single_process_run(tiny_p
     assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-3)
 
 
-def test_processes_that_cannot_share_a_step_fail_in_one_line(tiny_params, tokenized, tmp_path):
+def test_processes_that_cannot_share_a_step_fail_before_torchrun_starts(tiny_params, tokenized, tmp_path):
     result = _base_stage(tiny_params, tokenized, tmp_path / "bad", 2, micro=8)
-    assert result.returncode != 0
-    assert "cannot be shared by 2 DDP processes" in result.stderr
+    assert result.returncode == 1
+    assert "base.batch_size / base.micro_batch_size = 1 micro-batches per step cannot be shared by shared.processes=2" in result.stderr
+    assert "torch.distributed.run" not in result.stderr  # refused before any process started
 
 
 def test_sharded_processes_hold_half_the_state_each_and_give_the_single_process_model(tiny_params, tokenized, tmp_path, single):

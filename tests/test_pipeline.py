@@ -4,6 +4,7 @@ tiny params: repro, a no-op repro, an experiment on one knob, metrics and plots 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -57,8 +58,7 @@ def test_experiment_on_the_optimizer_reruns_only_sft_and_shows_in_diffs(project)
     assert '"sgd"' in shown
     plots = run(project, "dvc", "plots", "diff", "HEAD", "--json").stdout
     assert "sft_train_vs_test" in plots and "workspace" in plots
-    run(project, "git", "checkout", "--", "params.yaml")
-    run(project, "dvc", "checkout", "-f")
+    reset(project)
 
 
 def test_dpo_beta_experiment_reruns_only_dpo_and_its_answers(project):
@@ -74,8 +74,7 @@ def test_dpo_beta_experiment_reruns_only_dpo_and_its_answers(project):
     assert (dpo["beta"]["old"], dpo["beta"]["new"]) == (0.3, 0.5)
     assert dpo["test_margin"]["old"] != dpo["test_margin"]["new"]  # implicit rewards scale with beta
     assert "models.sft.mean_reward" not in diff.get("metrics/evaluate.json", {})  # same SFT answers, same judge
-    run(project, "git", "checkout", "--", "params.yaml")
-    run(project, "dvc", "checkout", "-f")
+    reset(project)
 
 
 def test_each_subset_size_reruns_the_filter(project):
@@ -86,8 +85,7 @@ def test_each_subset_size_reruns_the_filter(project):
         exp = run(project, "dvc", "exp", "run", "-S", f"filter.keep={keep}", "filter")
         assert "Running stage 'filter'" in exp.stdout
         assert json.loads((project / "metrics/filter.json").read_text())["kept"] == keep
-    run(project, "git", "checkout", "--", "params.yaml")
-    run(project, "dvc", "checkout", "-f")
+    reset(project)
 
 
 def test_report_page_has_every_pipeline_section(project):
@@ -111,19 +109,22 @@ def test_the_hub_judge_runs_through_dvc_to_the_report(project, tiny_classifier):
     assert (project / "plots/reward/loss.tsv").read_text().startswith("step\t")
     assert json.loads((project / "metrics/score.json").read_text())["scorer"] == str(tiny_classifier)
     assert (project / "report/index.html").is_file()
-    run(project, "git", "checkout", "--", ".")
-    run(project, "dvc", "checkout", "-f")
+    reset(project)
 
 
-def test_bad_param_fails_in_one_line_and_keeps_earlier_outputs(project):
+def test_bad_param_fails_in_one_line_and_one_command_brings_back_the_last_good_outputs(project):
     result = run(project, "dvc", "exp", "run", "-S", "train.optimizer=bogus", ok=False)
     assert result.returncode != 0
     error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert error and "train.optimizer: 'bogus'" in error[0] and "'adamw'" in error[0]
     assert (project / "models/base/model.safetensors").is_file()
     assert (project / "data/tokenized/train.arrow").is_file()
+    # DVC deleted the first changed stage's outputs before its command refused the params; the line
+    # names that stage, and the named command brings the workspace back to the committed run.
+    stage = re.search(r"`gptpipe restore (\S+)`", error[0]).group(1)
     run(project, "git", "checkout", "--", "params.yaml")
-    run(project, "dvc", "checkout", "-f")
+    run(project, "gptpipe", "restore", stage)
+    assert "up to date" in run(project, "dvc", "status").stdout
 
 
 def test_bad_data_file_fails_in_one_line_and_one_command_brings_back_the_last_good_outputs(project, tmp_path):
@@ -143,8 +144,14 @@ def test_bad_data_file_fails_in_one_line_and_one_command_brings_back_the_last_go
     restored = run(project, "gptpipe", "restore", "download")
     assert "metrics/data.json from the DVC cache" in restored.stdout
     assert {name: (project / name).read_bytes() for name in good} == good
-    run(project, "git", "checkout", "--", "params.yaml")
-    run(project, "dvc", "checkout", "-f")
+    reset(project)
+
+
+def reset(project: Path) -> None:
+    """The shared project back to its committed run: params and dvc.lock from git, every output
+    (cache: false metrics and plots too) from the DVC cache."""
+    run(project, "git", "checkout", "--", ".")
+    run(project, "gptpipe", "restore")
 
 
 def test_restore_names_the_stages_it_knows(project):

@@ -88,15 +88,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _torchrun(processes: int = 2) -> tuple[str, ...]:
+    return (sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+            f"--master_port={_free_port()}", "--master_addr=127.0.0.1")
+
+
 def test_ddp_with_two_processes_gives_the_single_process_update(tokenized, tmp_path):
     # Two micro-batches of 4 per step: one process accumulates both, two DDP ranks take one each.
     # SGD, whose update is linear in the gradient (see the accumulation test for why not Adam).
     args = ("--micro-batch-size", "4", "--optimizer", "sgd", "--lr", "0.5")
     single = _worker(tokenized, tmp_path / "single.json", tmp_path / "s.ckpt", *args)
     assert single.returncode == 0, single.stderr[-2000:]
-    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                f"--master_port={_free_port()}", "--master_addr=127.0.0.1")
-    ddp = _worker(tokenized, tmp_path / "ddp.json", tmp_path / "d.ckpt", *args, launcher=launcher)
+    ddp = _worker(tokenized, tmp_path / "ddp.json", tmp_path / "d.ckpt", *args, launcher=_torchrun())
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     wa, wb = (torch.load(tmp_path / f"{n}.pt") for n in ("single", "ddp"))
     for k in wa:
@@ -104,11 +107,6 @@ def test_ddp_with_two_processes_gives_the_single_process_update(tokenized, tmp_p
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("single", "ddp"))
     for ra, rb in zip(a["rows"], b["rows"]):
         assert ra["test_loss"] == pytest.approx(rb["test_loss"], abs=1e-4)
-
-
-def _torchrun(processes: int = 2) -> tuple[str, ...]:
-    return (sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-            f"--master_port={_free_port()}", "--master_addr=127.0.0.1")
 
 
 def test_a_killed_sharded_run_resumes_to_the_uninterrupted_result(tokenized, tmp_path):

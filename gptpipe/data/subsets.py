@@ -15,7 +15,6 @@ import pyarrow.parquet as pq
 from gptpipe.errors import reading
 
 
-
 def select(frame: pd.DataFrame, size: int, by: str, seed: int) -> np.ndarray:
     """Row positions of the pairs kept: the `size` highest by `by` (ties broken by position), or random."""
     if by == "random":
