@@ -56,7 +56,7 @@ def run(shared: SharedConfig, reward: RewardConfig, tokenized: Path, raw: Path, 
     }
     with full_weights(model):  # a collective under FSDP: every rank gathers, the main one saves
         if runtime.is_main:
-            save_reward_model(model.cpu(), out, {"backend": "trained", "name": figures["name"]})
+            save_reward_model(model, out, {"backend": "trained", "name": figures["name"]})
             write_tsv(plots_dir / "loss.tsv", [{c: r[c] for c in SERIES_COLUMNS} for r in state.rows])
             plots.reward_curves(state.rows, plots_dir / "curves.png", "reward model: Bradley-Terry loss and pair accuracy")
             write_json(metrics, figures)
