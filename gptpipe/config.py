@@ -374,14 +374,18 @@ class Params(Section):
             )
         return self
 
+    @property
+    def trained_sections(self) -> list[str]:
+        """The sections of the stages that train here, under torchrun when shared.processes > 1."""
+        return ["train", "dpo"] + (["base"] if self.model.init == "scratch" else []) + (
+            ["reward"] if self.reward.backend == "trained" else [])
+
     @model_validator(mode="after")
     def _processes_share_each_step(self) -> Params:
         # Checked here, before torchrun starts any process; the loop checks again the micro-batch the
         # GPU memory plan may choose.
         n = self.shared.processes
-        sections = ["train", "dpo"] + (["base"] if self.model.init == "scratch" else []) + (
-            ["reward"] if self.reward.backend == "trained" else [])
-        for section in sections if n > 1 else []:
+        for section in self.trained_sections if n > 1 else []:
             micro_batches = getattr(self, section).grad_accum_steps
             if micro_batches % n:
                 raise ValueError(
@@ -393,7 +397,7 @@ class Params(Section):
     @model_validator(mode="after")
     def _optimizers_shard(self) -> Params:
         if self.shared.strategy == "fsdp":
-            for section in ("base", "train", "reward", "dpo"):
+            for section in self.trained_sections:
                 if getattr(self, section).optimizer == "galore":
                     raise ValueError(f"{section}.optimizer: galore projects whole matrices, and shared.strategy: fsdp "
                                      "gives each process a shard; use adamw there, or strategy: ddp")

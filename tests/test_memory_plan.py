@@ -159,5 +159,8 @@ def test_settings_fsdp_cannot_run_fail_before_any_work(shared, section, message)
     from gptpipe.config import parse_params
     from tiny import TINY
 
+    from dvc_project import merge
+
+    halves = {s: {"micro_batch_size": 4} for s in ("base", "train", "reward", "dpo")}  # two per step
     with pytest.raises(Exception, match=message):
-        parse_params({**TINY, "shared": shared, **(section or {})})
+        parse_params(merge(merge(TINY, halves), {"shared": shared, **(section or {})}))
