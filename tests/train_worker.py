@@ -40,7 +40,9 @@ def main() -> None:
     args = parser.parse_args()
 
     train_overrides = {"micro_batch_size": args.micro_batch_size, "optimizer": args.optimizer, "lr": args.lr}
-    overrides = {**TINY, "train": {**TINY["train"], **train_overrides}, "shared": {
+    # Every training section's step must split across the processes, not only the one run here.
+    others = {s: {**TINY[s], "micro_batch_size": args.micro_batch_size} for s in ("base", "reward", "dpo")}
+    overrides = {**TINY, **others, "train": {**TINY["train"], **train_overrides}, "shared": {
         "dtype": args.dtype, "strategy": args.strategy, "processes": int(os.environ.get("WORLD_SIZE", 1))}}
     params = parse_params(overrides)
     cfg, seed = params.train, params.shared.seed

@@ -23,6 +23,7 @@ optimizer state, plus the weights it has gathered (the root's, and two blocks').
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import torch
@@ -122,15 +123,7 @@ def jobs(params: Params) -> list[Job]:
 
 def model_bytes(job: Job) -> dict[str, int]:
     """Parameters, gradients, optimizer state and bf16 copies, counted on the model built on meta."""
-    config = GPT2Config(
-        vocab_size=job.shape.vocab_size, n_positions=job.shape.n_positions, n_embd=job.shape.n_embd,
-        n_layer=job.shape.n_layer, n_head=job.shape.n_head,
-    )
-    with torch.device("meta"):
-        model = GPT2LMHeadModel(config)
-        add_lora(model, job.lora, 0)
-    params = list(model.parameters())
-    trainable = [p for p in params if p.requires_grad]
+    params, trainable, block = _meta_parameters(job.shape, job.lora.model_dump_json())
     n_all, n_trainable = sum(p.numel() for p in params), sum(p.numel() for p in trainable)
     copies = 2 if job.frozen_copy else 1
     parts = {
@@ -146,10 +139,25 @@ def model_bytes(job: Job) -> dict[str, int]:
     if job.shards > 1:
         # FSDP gathers the root's weights (embeddings, the tied head) for the whole step, and a block's
         # while it runs, the next one's prefetched beside it.
-        block = sum(p.numel() for p in model.transformer.h[0].parameters())
         root = n_all - job.shape.n_layer * block
         parts["gathered_weights"] = 4 * (root + 2 * block) * copies
     return parts
+
+
+@functools.lru_cache(maxsize=64)
+def _meta_parameters(shape: ModelShape, lora_json: str) -> tuple[list, list, int]:
+    """The model's parameters on the meta device (real code, no memory), its trainable ones, and one
+    block's parameter count. Cached: plans try many settings of the same model."""
+    config = GPT2Config(
+        vocab_size=shape.vocab_size, n_positions=shape.n_positions, n_embd=shape.n_embd,
+        n_layer=shape.n_layer, n_head=shape.n_head,
+    )
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(config)
+        add_lora(model, LoraConfig.model_validate_json(lora_json), 0)
+    params = list(model.parameters())
+    block = sum(p.numel() for p in model.transformer.h[0].parameters())
+    return params, [p for p in params if p.requires_grad], block
 
 
 def need(job: Job, micro_batch_size: int, checkpointing: bool) -> Need:
