@@ -213,7 +213,7 @@ class BaseConfig(LoopConfig):
     # whole-dialogue evals cost the LM head at every position, so they come less often.
     lr: PositiveFloat | None = 0.003
     weight_decay: Annotated[float, Field(ge=0)] = 0.1
-    eval_every: PositiveInt = 50
+    eval_every: PositiveInt = 75
 
 
 class SftConfig(LoopConfig):
@@ -224,7 +224,7 @@ class SftConfig(LoopConfig):
     lr: PositiveFloat | None = 0.003
     max_steps: PositiveInt = 1000
     warmup_steps: NonNegativeInt = 20
-    eval_every: PositiveInt = 100
+    eval_every: PositiveInt = 250
     checkpoint_every: PositiveInt = 200
 
     # Loss on the response tokens only (prompt masked), or on every token (the course's way).
@@ -245,6 +245,7 @@ class RewardConfig(LoopConfig):
     # property of the classifier, read wherever it scores: score, judge@, and here)
     hf_max_length: PositiveInt = 512
     lr: PositiveFloat | None = 1e-3
+    eval_every: PositiveInt = 50  # a judge's estimate scores 800 sequences: 4 over its 150 steps
 
 
 class ScoreConfig(Section):
@@ -281,7 +282,7 @@ class DpoConfig(LoopConfig):
     lr: PositiveFloat | None = 1e-4
     max_steps: PositiveInt = 40
     warmup_steps: NonNegativeInt = 4
-    eval_every: PositiveInt = 10
+    eval_every: PositiveInt = 20
     checkpoint_every: PositiveInt = 20
 
     @model_validator(mode="after")
@@ -309,16 +310,16 @@ class EvaluateConfig(Section):
 class ScalingConfig(Section):
     # Shapes to compare: "<n_layer>x<n_embd>" built from scratch (heads of head_dim), or hub names
     # (gpt2, gpt2-medium, gpt2-large, gpt2-xl) fine-tuned from their weights (model.init: pretrained).
-    models: tuple[str, ...] = ("1x16", "1x32", "2x64", "2x128")
-    head_dim: PositiveInt = 16
+    models: tuple[str, ...] = ("1x8", "1x16", "1x32")
+    head_dim: PositiveInt = 8
     # FLOP budgets C; each model trains on D = C / 6N tokens (N with embeddings, as Chinchilla).
-    budgets: tuple[PositiveFloat, ...] = (3.0e11, 1.0e12, 2.0e12)
+    budgets: tuple[PositiveFloat, ...] = (1.5e11, 2.25e11)
     eval_samples: PositiveInt = 100  # sequences for each run's final test loss
     # Sequences per optimizer step. A small budget gives a large model only a few steps at a large
     # batch; a smaller batch spends the same FLOPs in more steps.
-    batch_size: PositiveInt = 2
+    batch_size: PositiveInt = 1
     # Each run's AdamW: steps follow from the budget; warmup is this, at most a fifth of them.
-    lr: PositiveFloat = 0.003
+    lr: PositiveFloat = 0.02
     weight_decay: Annotated[float, Field(ge=0)] = 0.1
     warmup_steps: NonNegativeInt = 10
 

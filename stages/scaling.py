@@ -47,6 +47,7 @@ def run(shared: SharedConfig, model: ModelConfig, scaling: ScalingConfig, data_s
             {"test": eval_sample(data["test"], cfg.eval_samples, shared.seed)}, cfg, runtime, seed=shared.seed,
             checkpoint=(checkpoint := checkpoints / f"scaling-{key}-{plan.label}-{plan.budget:.3g}.pt"),
             shape=plan.shape, desc=f"{plan.label} @ {plan.budget:.2g} FLOPs",
+            evaluate_start=False,  # a run's final test loss is all the fit reads
         )
         finished.append(checkpoint)
         rows.append({"label": plan.label, "n_params": plan.n_params, "budget": plan.budget,

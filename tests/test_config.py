@@ -96,6 +96,6 @@ def test_params_yaml_states_each_loop_knob_once():
 
 def test_the_sections_keep_the_values_the_default_ran_with():
     params = load_params(REPO / "params.yaml")
-    assert (params.base.lr, params.base.weight_decay, params.base.eval_every) == (0.003, 0.1, 50)
+    assert (params.base.lr, params.base.weight_decay, params.base.eval_every) == (0.003, 0.1, 75)
     assert (params.dpo.lr, params.dpo.max_steps, params.dpo.warmup_steps) == (1e-4, 40, 4)
     assert params.reward.lr == 1e-3 and params.score.batch_size == 32 and params.train.lora.rank == 0

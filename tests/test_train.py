@@ -26,6 +26,16 @@ def test_a_short_run_lowers_the_test_loss(tiny_params, tokenized, tmp_path):
     assert (tmp_path / "ckpt.pt").exists()
 
 
+def test_skipping_the_start_evaluation_changes_no_weight(tiny_params, tokenized, tmp_path):
+    # The compute-optimal sweep reads only each run's final loss; evaluating is not training.
+    full, with_start, _ = _run(tiny_params, tokenized, tmp_path / "a", tiny_params.train)
+    lean, without, _ = _run(tiny_params, tokenized, tmp_path / "b", tiny_params.train, evaluate_start=False)
+    assert [r["step"] for r in without.rows] == [6, 12]
+    assert without.rows == with_start.rows[1:]
+    for (name, p), q in zip(full.named_parameters(), lean.parameters()):
+        assert torch.equal(p, q), name
+
+
 def test_one_batch_of_8_equals_8_accumulated_batches_of_1(tiny_params, tokenized, tmp_path):
     # SGD: its update is linear in the gradient. (Adam divides by sqrt(v), which turns float noise in
     # a gradient that is zero in exact arithmetic, e.g. the attention key bias, into a full step.)

@@ -27,13 +27,13 @@ TINY = {
 }
 
 
-def run_tiny(tiny_params, tokenized, tmp_path, cfg: LoopConfig, seed: int = 0):
+def run_tiny(tiny_params, tokenized, tmp_path, cfg: LoopConfig, seed: int = 0, evaluate_start: bool = True):
     data = {s: lm_examples(read_arrow(tokenized / f"{s}.arrow"), cfg.loss_on, ("chosen",)) for s in ("train", "test")}
     model = build_scratch(tiny_params.model, seed)
     state, metrics = train(
         LanguageModelling(model), StepPlan(data["train"], cfg.batch_size, cfg.micro_batch_size, seed),
         {n: eval_sample(e, cfg.eval_samples, seed) for n, e in data.items()}, cfg,
         make_runtime(SharedConfig(device="cpu")), seed=seed, checkpoint=tmp_path / "ckpt.pt",
-        shape=ModelShape.from_config(model.config),
+        shape=ModelShape.from_config(model.config), evaluate_start=evaluate_start,
     )
     return model, state, metrics

@@ -50,8 +50,10 @@ def train(
     checkpoint: Path,
     shape: flops.ModelShape,
     desc: str = "train",
+    evaluate_start: bool = True,
 ) -> tuple[RunState, dict[str, Any]]:
-    """Train `objective` for cfg.max_steps; returns the run state (with its eval rows) and metrics."""
+    """Train `objective` for cfg.max_steps; returns the run state (with its eval rows) and metrics.
+    evaluate_start=False skips the step-0 evaluation (a run that reads only its final loss)."""
     _check_divisible(cfg, runtime)
     torch.manual_seed(seed)
     objective.to(runtime.device)
@@ -73,7 +75,8 @@ def train(
         lr = scheduled_lr(cfg, state.step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        if (state.step % cfg.eval_every == 0 or last) and not _logged(state):
+        due = state.step % cfg.eval_every == 0 and (state.step > 0 or evaluate_start)
+        if (due or last) and not _logged(state):
             figures = {
                 f"{name}_{key}": value
                 for name, examples in eval_sets.items()
