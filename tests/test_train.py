@@ -144,6 +144,6 @@ def test_a_step_ddp_cannot_share_is_one_user_error_naming_the_fix():
     from gptpipe.train.runtime import Runtime
 
     runtime = Runtime(torch.device("cpu"), None, False, 2e11, rank=0, world_size=2)
-    with pytest.raises(UserError, match=r"1 micro-batches per step cannot be shared by 2 DDP processes.*multiple of 2"):
+    with pytest.raises(UserError, match=r"1 micro-batches per step cannot be shared by 2 processes.*multiple of 2"):
         _check_divisible(LoopConfig(batch_size=16, micro_batch_size=16), runtime)
     _check_divisible(LoopConfig(batch_size=16, micro_batch_size=8), runtime)  # 2 micro-batches: one each

@@ -227,9 +227,12 @@ def default_peak_flops(device_type: str, dtype: str) -> float:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {_KNOWN_DTYPES}")
 
     if device == "cpu":
-        # This project's 2-core AMD EPYC (AVX2 + FMA) machine: about 0.2 TFLOP/s fp32 measured
-        # with large torch.matmul calls, matching 2 cores x 2 FMA pipes x 8 lanes x 2 FLOP x
-        # ~3 GHz. AVX2 has no native bf16/fp16 FMA, so the same figure serves every dtype.
+        # This project's nominal figure for its 2-core AMD EPYC (AVX2 + FMA): 2 cores x 2 FMA pipes
+        # x 8 lanes x 2 FLOP x ~3 GHz. The machines are first-generation EPYC (family 23, model 1),
+        # whose FMA pipes are 128 bits wide: an AVX2 FMA takes two of them, and large fp32 matmuls
+        # measure 65-70 GFLOP/s (512^3 to 2048^3, MKL, idle), so MFU against this tops out near 35%.
+        # Kept as the denominator the project's figures were always reported against. AVX2 has no
+        # native bf16/fp16 FMA, so the same figure serves every dtype.
         return 2.0e11
     if device == "mps":
         # Apple M1 8-core GPU: 2.6 TFLOP/s fp32 (Apple's M1 spec). Apple GPUs run fp16 at

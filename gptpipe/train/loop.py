@@ -160,7 +160,7 @@ def _check_divisible(cfg: LoopConfig, runtime: Runtime) -> None:
     if cfg.grad_accum_steps % runtime.world_size:
         raise UserError(
             f"batch_size/micro_batch_size = {cfg.grad_accum_steps} micro-batches per step cannot "
-            f"be shared by {runtime.world_size} DDP processes; make batch_size / micro_batch_size a multiple "
+            f"be shared by {runtime.world_size} processes; make batch_size / micro_batch_size a multiple "
             f"of {runtime.world_size} in the stage's section of params.yaml"
         )
 
