@@ -230,7 +230,8 @@ def default_peak_flops(device_type: str, dtype: str) -> float:
         # This project's nominal figure for its 2-core AMD EPYC (AVX2 + FMA): 2 cores x 2 FMA pipes
         # x 8 lanes x 2 FLOP x ~3 GHz. The machines are first-generation EPYC (family 23, model 1),
         # whose FMA pipes are 128 bits wide: an AVX2 FMA takes two of them, and large fp32 matmuls
-        # measure 65-70 GFLOP/s (512^3 to 2048^3, MKL, idle), so MFU against this tops out near 35%.
+        # measure 65-82 GFLOP/s (512^3 to 2048^3, MKL, idle; `gptpipe bench sft` prints its own), so
+        # MFU against this tops out near 40%.
         # Kept as the denominator the project's figures were always reported against. AVX2 has no
         # native bf16/fp16 FMA, so the same figure serves every dtype.
         return 2.0e11
