@@ -38,9 +38,9 @@ def restore(stage: str | None = None, root: Path = Path(".")) -> list[str]:
             shutil.copyfile(source, tmp)
         copied.append(out["path"])
     if lost:
-        stage = stage or "dvc.lock"
-        raise UserError(f"{stage}: no last good copy of {', '.join(lost)} in the DVC cache; "
-                        f"`git checkout -- {' '.join(lost)}` where git holds them, else `dvc repro {stage}`")
+        repro = f"dvc repro {stage}" if stage else "dvc repro"
+        raise UserError(f"{stage or 'dvc.lock'}: no last good copy of {', '.join(lost)} in the DVC cache; "
+                        f"`git checkout -- {' '.join(lost)}` where git holds them, else `{repro}`")
     return copied
 
 
