@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from gptpipe import kernels
 from gptpipe.errors import UserError, run_or_exit
 
 
@@ -43,6 +44,8 @@ def run_stage(main: Callable[..., object], argv: Sequence[str] | None = None, di
 
     def guarded() -> None:
         try:
+            # Which kernels produced the outputs (gptpipe/kernels.py): a run off the lock's says so.
+            print(kernels.describe(), file=sys.stderr, flush=True)
             if distributed and "LOCAL_RANK" not in os.environ:
                 _relaunch_if_distributed(main, argv)  # reads params.yaml: a bad param fails here
             main(**arguments)

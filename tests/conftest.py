@@ -6,10 +6,16 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, PreTrainedTokenizerFast
+# The suite runs on the host's own kernels unless told otherwise: its assertions must hold on any
+# kernels (another host runs other ones), native ones are the fastest, and a test that needs the
+# pinned kernels runs them in a subprocess itself (tests/test_kernels.py). GPTPIPE_KERNELS=portable
+# python -m pytest runs the suite as the pipeline runs.
+os.environ.setdefault("GPTPIPE_KERNELS", "native")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402, models, pre_tokenizers, processors
+from transformers import DebertaV2Config  # noqa: E402, DebertaV2ForSequenceClassification, PreTrainedTokenizerFast
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the stage modules (stages/), which tests call through stage_runs

@@ -35,13 +35,14 @@ def _direct_imports(path: Path) -> set[str]:
 
 def _import_closure(script: str) -> set[str]:
     seen: set[str] = set()
-    todo = list(_direct_imports(REPO / script))
+    # Importing any gptpipe module first runs gptpipe/__init__.py, which pins the CPU kernels.
+    todo = [*_direct_imports(REPO / script), "gptpipe/__init__.py"]
     while todo:
         path = todo.pop()
         if path not in seen:
             seen.add(path)
             todo += _direct_imports(REPO / path)
-    return seen - {"gptpipe/__init__.py"}
+    return seen
 
 
 def _script(stage: dict) -> str:

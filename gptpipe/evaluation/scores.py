@@ -27,9 +27,11 @@ def score_pairs(pairs: pd.DataFrame, scorer, split: str) -> pd.DataFrame:
 
 
 def summarise_scores(frame: pd.DataFrame) -> dict[str, Any]:
+    margin = frame["margin"]
     summary = {
         "pairs": len(frame),
-        "pairwise_accuracy": float((frame["margin"] > 0).mean()),
+        # A tie counts half, as in the reward stage's accuracy, DPO's and the AUC: it orders neither way.
+        "pairwise_accuracy": float((margin > 0).mean() + 0.5 * (margin == 0).mean()),
         "mean_chosen_reward": float(frame["chosen_reward"].mean()),
         "mean_rejected_reward": float(frame["rejected_reward"].mean()),
     }
