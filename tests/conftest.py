@@ -14,8 +14,8 @@ os.environ.setdefault("GPTPIPE_KERNELS", "native")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from tokenizers import Tokenizer  # noqa: E402, models, pre_tokenizers, processors
-from transformers import DebertaV2Config  # noqa: E402, DebertaV2ForSequenceClassification, PreTrainedTokenizerFast
+from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: E402
+from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, PreTrainedTokenizerFast  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the stage modules (stages/), which tests call through stage_runs

@@ -143,6 +143,23 @@ def test_at_init_the_loss_is_log_2_and_every_margin_is_zero(tiny_params, pairs, 
     assert loss.item() / len(examples[::2]) == pytest.approx(math.log(2), abs=1e-5)
 
 
+@pytest.mark.parametrize("reference", ["cached", "live"])
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_model_with_dropout_trains_against_its_reference_without_it(tiny_params, pairs, reference, lora):
+    # Hub GPT-2 has dropout 0.1 (attention, residual, embedding). The policy's training forward (train
+    # mode) must see what the reference saw (eval mode): log-ratios exactly 0 at step 0.
+    model = build_scratch(tiny_params.model.model_copy(update={"dropout": 0.1}), 0)
+    examples = eval_sample(pairs["test"], 8, seed=0)
+    if reference == "cached":
+        examples = _with_refs(model, examples, batch_size=len(examples))  # the batch trained on below
+    if lora:
+        torch.manual_seed(0)
+        apply_lora(model, rank=4, alpha=8.0, dropout=0.1, targets=tiny_params.train.lora.targets)
+    objective = DirectPreference(model, beta=BETA, reference=reference).train()
+    _, stats = objective(collate_pairs(examples))
+    assert stats["chosen_reward"].item() == 0.0 and stats["rejected_reward"].item() == 0.0
+
+
 # -- 3. cached and live references: the same losses and gradients ----------------------------------
 
 

@@ -19,6 +19,7 @@ from gptpipe.models.reward import (
     reward_model_from, sequence_rewards,
 )
 from gptpipe.data.tokenizer import read_arrow
+from gptpipe.models.gpt2 import build_scratch, save_model
 from gptpipe.train.objectives import BradleyTerry, bradley_terry_loss
 
 
@@ -69,6 +70,15 @@ def test_objective_orders_chosen_before_rejected(base_dir):
     assert loss.item() == pytest.approx(bradley_terry_loss(rewards[:2], rewards[2:]).item())
     assert stats["accuracy"].item() == int((rewards[:2] > rewards[2:]).sum())
     assert batch.head_positions == 0  # a scalar head: no LM-head FLOPs
+
+
+def test_the_reward_loss_trains_without_dropout(tiny_params, tmp_path):
+    # Two passes over the same pair in train mode score it alike: no dropout noise in the margin.
+    save_model(build_scratch(tiny_params.model.model_copy(update={"dropout": 0.1}), 0), tmp_path)
+    objective = BradleyTerry(reward_model_from(tmp_path)).train()
+    batch = objective.collate([PairExample([1, 2, 3], [4, 5], [6, 7, 8])])
+    first, second = (sequence_rewards(objective.model, batch.input_ids, batch.attention_mask) for _ in range(2))
+    assert torch.equal(first, second)
 
 
 def test_trained_reward_model_separates_the_synthetic_pairs(tiny_params, tokenized, base_dir, tmp_path):

@@ -34,7 +34,7 @@ from gptpipe.data.batches import PairBatch, PairExample, StepPlan, collate_pairs
 from gptpipe.config import DpoConfig
 from gptpipe.train.flops import ModelShape, count_params
 from gptpipe.models.lora import LoRALinear, adapters_disabled
-from gptpipe.train.objectives import response_logprobs
+from gptpipe.train.objectives import disable_dropout, response_logprobs
 from gptpipe.train.runtime import Runtime, autocast
 
 LOSSES = ("sigmoid", "ipo")
@@ -115,7 +115,7 @@ class DirectPreference(nn.Module):
         if reference not in REFERENCES:
             raise ValueError(f"reference={reference!r}: choose from {', '.join(REFERENCES)}")
         _check_loss(loss, label_smoothing)
-        self.policy = policy
+        self.policy = disable_dropout(policy)  # the reference's passes run without it too
         self.beta, self.loss, self.label_smoothing, self.reference_mode = beta, loss, label_smoothing, reference
         lora = any(isinstance(m, LoRALinear) for m in policy.modules())
         self.reference = None

@@ -83,12 +83,26 @@ def _token_logprobs(h: torch.Tensor, t: torch.Tensor, weight: torch.Tensor, bias
     return -F.cross_entropy(logits, t, reduction="none")
 
 
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Every dropout of the model at p = 0, in train mode too (what TRL's DPO and reward trainers do).
+
+    A preference loss compares two forward passes: DPO the policy's log-probs with the reference's
+    (computed in eval mode), the reward loss two responses' scores. With dropout on, each pass drops
+    other units, so log π − log π_ref is noise summed over every response token, nonzero at step 0.
+    Hub GPT-2 has dropout 0.1 (attention, residual, embedding); the saved config keeps it, so a model
+    trained further from these weights gets the hub's regularisation back."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    return model
+
+
 class BradleyTerry(nn.Module):
     """−log σ(r(chosen) − r(rejected)) summed over pairs; stats: correctly ordered pairs, margins."""
 
     def __init__(self, model: PreTrainedModel):
         super().__init__()
-        self.model = model
+        self.model = disable_dropout(model)
 
     @staticmethod
     def collate(examples) -> PairBatch:
