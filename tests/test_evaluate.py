@@ -9,7 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from gptpipe.errors import UserError
-from gptpipe.evaluation.stats import mean_interval, paired_difference, proportion_interval, win_rate, win_rates
+from gptpipe.evaluation.stats import (
+    mean_interval, paired_difference, proportion_interval, seeded_difference, student_t_quantile, verdict_sentence,
+    win_rate, win_rates,
+)
 from stage_runs import run_evaluate, run_judge, run_score
 from gptpipe.models.gpt2 import build_scratch
 from gptpipe.models.reward import reward_model_from, save_reward_model
@@ -40,6 +43,44 @@ def test_a_paired_difference_inside_its_interval_is_no_difference():
     up, down = np.flatnonzero(~earlier)[:40], np.flatnonzero(earlier)[:40]
     swapped[up], swapped[down] = True, False
     assert paired_difference(swapped, earlier, 0.95)["verdict"] == "no difference"
+
+
+def test_student_t_quantiles_are_the_tables():
+    # Printed tables (two-sided 95% and 99%): df 1, 2, 4, 30.
+    for p, df, value in [(0.975, 1, 12.706), (0.975, 2, 4.303), (0.995, 4, 4.604), (0.975, 30, 2.042)]:
+        assert student_t_quantile(p, df) == pytest.approx(value, abs=1e-3)
+
+
+def _seed(up: int, down: int, n: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """One seed's answers: `up` prompts right only for the later model, `down` only for the earlier."""
+    later, earlier = np.zeros(n, bool), np.zeros(n, bool)
+    later[:up] = True
+    earlier[up : up + down] = True
+    return later, earlier
+
+
+def test_a_verdict_over_seeds_covers_the_seed_to_seed_spread():
+    # +20, +20 and -10 points: pooled over 600 (seed, prompt) pairs, +10 looks sure ([+6.8, +13.2]);
+    # over seeds it is not: Student's t with 2 df on the three differences, mean 10, sd 17.3.
+    runs = [_seed(40, 0), _seed(40, 0), _seed(0, 20)]
+    pooled = paired_difference(np.concatenate([a for a, _ in runs]), np.concatenate([b for _, b in runs]), 0.95)
+    assert pooled["verdict"] == "higher"
+    v = seeded_difference(runs, 0.95)
+    half = 4.3027 * np.std([0.2, 0.2, -0.1], ddof=1) / math.sqrt(3)
+    assert v["difference"] == pytest.approx(0.1) and v["per_seed"] == pytest.approx([0.2, 0.2, -0.1])
+    assert (v["ci_low"], v["ci_high"]) == pytest.approx((0.1 - half, 0.1 + half), abs=1e-4)
+    assert v["verdict"] == "no difference" and v["seeds"] == 3 and v["discordant"] == 100
+    assert "3 seeds: +20.0, +20.0, -10.0: **no difference**" in verdict_sentence("dpo", "sft", "exact accuracy", v)
+
+
+def test_seeds_that_agree_keep_at_least_the_prompt_level_interval():
+    same = [_seed(30, 10)] * 3  # identical seeds: no spread, but still 600 prompts' worth of noise
+    v = seeded_difference(same, 0.95)
+    pooled = paired_difference(np.concatenate([a for a, _ in same]), np.concatenate([b for _, b in same]), 0.95)
+    assert (v["ci_low"], v["ci_high"]) == pytest.approx((pooled["ci_low"], pooled["ci_high"]))
+    assert v["verdict"] == "higher"
+    one = seeded_difference([_seed(30, 10)], 0.95)  # one seed is the paired difference, said so
+    assert one == paired_difference(*_seed(30, 10), 0.95) and "one seed" in verdict_sentence("a", "b", "m", one)
 
 
 def test_win_rate_counts_ties_half():

@@ -127,13 +127,14 @@ def test_page_states_each_present_sections_numbers_and_names_the_commands_of_mis
     assert "Chinchilla approach 2" in page and "2x64" in page and "C<sup>" in page
     # what has not run: one line with the command, for each part
     for command in ("gptpipe study lora", "dvc repro reward", "dvc repro score", "dvc repro filter",
-                    "gptpipe study data-quality", "dvc repro dpo", "dvc repro evaluate", "gptpipe study scaling"):
+                    "gptpipe study data-quality", "dvc repro dpo", "dvc repro evaluate", "gptpipe study seeds",
+                    "gptpipe study scaling"):
         assert f'<p class="notrun">Not run yet: <code>{command}</code></p>' in page, command
     assert "Not run yet: <code>dvc repro sft</code>" not in page
 
     assert record["present"] == ["base", "sft", "study-optimizers", "scaling"]
     assert record["missing"] == ["study-lora", "reward", "score", "filter", "study-data-quality", "dpo", "evaluate",
-                                 "study-scaling"]
+                                 "study-seeds", "study-scaling"]
     assert "gptpipe study lora" in record["to_run"]
     assert json.loads((project / "metrics/report.json").read_text()) == record
 
@@ -397,7 +398,7 @@ def test_study_findings_lead_with_the_judge_free_verdicts():
         "exact accuracy": {"difference": 0.02, "ci_low": -0.03, "ci_high": 0.07, "discordant": 31, "verdict": "no difference"},
         "sound-answer rate": {"difference": 0.12, "ci_low": 0.05, "ci_high": 0.19, "discordant": 40, "verdict": "higher"}}}
     said = [str(s) for s in study_findings(rows, verdicts)]
-    assert said[0] == ("top800 vs random800, exact accuracy (judge-free, paired): +2.0 points [-3.0, +7.0]: "
+    assert said[0] == ("top800 vs random800, exact accuracy (judge-free, paired; one seed): +2.0 points [-3.0, +7.0]: "
                        "no difference.")
     assert said[1].endswith("+12.0 points [+5.0, +19.0]: <strong>top800 is higher</strong>.")
     assert study_findings(rows) == study_findings(rows, {})[:]  # a record without verdicts: as before

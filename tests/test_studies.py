@@ -178,3 +178,29 @@ def test_comparisons_name_the_pairs_each_study_decides_on():
         ("top400", "random400"), ("top800", "all"), ("top400", "all")]
     assert STUDIES["scaling"].comparisons(["2x64", "2x128", "4x128"]) == [("2x128", "2x64"), ("4x128", "2x128")]
     assert STUDIES["optimizers"].comparisons(["sgd"]) == []  # the reference failed: nothing to decide
+
+
+def test_the_seeds_study_compares_each_seeds_models_with_each_other(monkeypatch):
+    from gptpipe.studies import definitions
+    from gptpipe.studies.definitions import STUDIES, seeded_points, study_verdicts
+
+    # Per seed: sft right on 30 more prompts than base; dpo +6, +6 and -6 prompts against sft (of 40).
+    answers = {}
+    for k, (experiment, dpo_gain) in enumerate([("seeds-default", 6), ("seeds-default-seed1", 6), ("seeds-default-seed2", -6)]):
+        answers[experiment, "base"] = _judged([False] * 40)
+        answers[experiment, "sft"] = _judged([True] * 30 + [False] * 10)
+        dpo = [True] * 30 + [False] * 10
+        if dpo_gain > 0:
+            dpo[30 : 30 + dpo_gain] = [True] * dpo_gain
+        else:
+            dpo[: -dpo_gain] = [False] * -dpo_gain
+        answers[experiment, "dpo"] = _judged(dpo)
+    monkeypatch.setattr(definitions, "read_judged", lambda experiment, model="sft": answers[experiment, model])
+    runs = seeded_points(STUDIES["seeds"].points(), 3, 1337)
+    results = [Result(run.label, f"seeds-{run.label}", {}, {}) for run, _, _ in runs]
+    verdicts = study_verdicts(STUDIES["seeds"], results, {run.label: (point, k) for run, point, k in runs}, 3, 0.95)
+    assert list(verdicts) == ["sft vs base", "dpo vs sft"]
+    assert verdicts["sft vs base"]["exact accuracy"]["verdict"] == "higher"
+    dpo = verdicts["dpo vs sft"]["exact accuracy"]
+    assert dpo["seeds"] == 3 and dpo["per_seed"] == pytest.approx([0.15, 0.15, -0.15])
+    assert dpo["verdict"] == "no difference"  # +5 points on average, but one seed of three went the other way

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from statistics import NormalDist
 from typing import Any
 
@@ -46,11 +47,66 @@ def paired_difference(later: np.ndarray, earlier: np.ndarray, confidence: float)
         verdict = "no difference"
     else:
         verdict = "higher" if low > 0 else "lower"
-    return {"difference": float(d.mean()), "ci_low": low, "ci_high": high, "discordant": discordant, "verdict": verdict}
+    return {"difference": float(d.mean()), "ci_low": low, "ci_high": high, "discordant": discordant,
+            "verdict": verdict, "seeds": 1}
 
 
 # Prompts answered differently below which a paired difference of rates is "no difference".
 MIN_DISCORDANT = 10
+
+
+def seeded_difference(per_seed: Sequence[tuple[np.ndarray, np.ndarray]], confidence: float) -> dict[str, Any]:
+    """paired_difference over several training runs (seeds), each pair of arrays one seed's two models
+    (or two points) on that seed's prompts. The interval covers the run, not only the prompts.
+
+    Each seed k gives its own difference of rates d_k. The interval is Student's t over the d_k (a
+    paired test on per-seed differences, S − 1 degrees of freedom): d_k varies with the data's draw,
+    the init and the order, and with the prompts, so its spread holds all of them. Three seeds can by
+    chance agree closely, so the interval is never narrower than the prompt-level one of the pooled
+    answers (paired_difference on every (seed, prompt)), which is what one long run would give.
+    """
+    if len(per_seed) == 1:
+        return paired_difference(*per_seed[0], confidence)
+    diffs = np.array([np.mean(a.astype(float) - b.astype(float)) for a, b in per_seed])
+    pooled = paired_difference(np.concatenate([a for a, _ in per_seed]), np.concatenate([b for _, b in per_seed]), confidence)
+    seeds = len(diffs)
+    t = student_t_quantile(0.5 + confidence / 2, seeds - 1)
+    half = max(t * diffs.std(ddof=1) / math.sqrt(seeds), (pooled["ci_high"] - pooled["ci_low"]) / 2)
+    mean = float(diffs.mean())
+    low, high = mean - half, mean + half
+    if pooled["discordant"] < MIN_DISCORDANT or low <= 0 <= high:
+        verdict = "no difference"
+    else:
+        verdict = "higher" if low > 0 else "lower"
+    return {"difference": mean, "ci_low": low, "ci_high": high, "discordant": pooled["discordant"],
+            "verdict": verdict, "seeds": seeds, "per_seed": [float(d) for d in diffs]}
+
+
+def student_t_quantile(p: float, df: int) -> float:
+    """The p-quantile (p > 0.5) of Student's t with df degrees of freedom: the CDF from the density
+    integrated on a fine grid (Simpson's rule), inverted by bisection; no SciPy in the lock for this."""
+    scale = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def cdf(x: float) -> float:
+        grid = np.linspace(0.0, x, 20001)
+        density = scale * (1 + grid * grid / df) ** (-(df + 1) / 2)
+        step = x / 20000
+        return 0.5 + step / 3 * (density[0] + density[-1] + 4 * density[1:-1:2].sum() + 2 * density[2:-1:2].sum())
+
+    low, high = 0.0, 1.0
+    while cdf(high) < p:
+        high *= 2
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if cdf(middle) < p else (low, middle)
+    return (low + high) / 2
+
+
+def seeds_text(verdict: dict[str, Any]) -> str:
+    """How many training runs a verdict rests on, said beside it: "one seed", or "3 seeds: +1.0, +2.5, -0.5"."""
+    if verdict.get("seeds", 1) == 1:
+        return "one seed"
+    return f"{verdict['seeds']} seeds: " + ", ".join(f"{100 * d:+.1f}" for d in verdict["per_seed"])
 
 
 VERDICTS_HEADING = "Judge-free verdicts"
@@ -58,11 +114,11 @@ VERDICTS_HEADING = "Judge-free verdicts"
 
 def verdict_sentence(later: str, earlier: str, measure: str, verdict: dict[str, Any]) -> str:
     """One paired_difference as Markdown: "sft vs base, exact accuracy: +63.5 points [+56.6, +70.4],
-    127 prompts differ: **sft is higher**"."""
+    127 prompts differ, one seed: **sft is higher**"."""
     said = {"higher": f"{later} is higher", "lower": f"{later} is lower"}.get(verdict["verdict"], "no difference")
     return (f"{later} vs {earlier}, {measure}: {100 * verdict['difference']:+.1f} points "
             f"[{100 * verdict['ci_low']:+.1f}, {100 * verdict['ci_high']:+.1f}], "
-            f"{verdict['discordant']} prompts differ: **{said}**")
+            f"{verdict['discordant']} prompts differ, {seeds_text(verdict)}: **{said}**")
 
 
 def interval_text(low: float, high: float) -> str:

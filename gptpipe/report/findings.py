@@ -11,6 +11,7 @@ from typing import Any
 
 from markupsafe import Markup
 
+from gptpipe.evaluation.stats import seeds_text
 from gptpipe.report.format import fmt, fmt_percent, humanize, is_number
 from gptpipe.report.metrics import DpoMetrics, FilterMetrics, RewardMetrics, ScalingMetrics, ScoreMetrics
 
@@ -134,9 +135,9 @@ def _verdicts(verdicts: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[M
         for measure, v in measures.items():
             outcome = {"higher": Markup("<strong>{} is higher</strong>").format(later),
                        "lower": Markup("<strong>{} is lower</strong>").format(later)}.get(v.get("verdict"), "no difference")
-            said.append(Markup("{}, {} (judge-free, paired): {} points [{}, {}]: {}.").format(
-                pair, measure, f"{100 * v['difference']:+.1f}", f"{100 * v['ci_low']:+.1f}", f"{100 * v['ci_high']:+.1f}",
-                outcome))
+            said.append(Markup("{}, {} (judge-free, paired; {}): {} points [{}, {}]: {}.").format(
+                pair, measure, seeds_text(v), f"{100 * v['difference']:+.1f}", f"{100 * v['ci_low']:+.1f}",
+                f"{100 * v['ci_high']:+.1f}", outcome))
     return said
 
 

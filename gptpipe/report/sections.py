@@ -219,6 +219,7 @@ SECTIONS: tuple[Section, ...] = (
         _stage("dpo", "DPO", "metrics/dpo.json", ("dpo",), typed(dpo_findings, DpoMetrics)),
         _stage("evaluate", "Generations scored by the reward model", "metrics/evaluate.json",
                ("generate", "evaluate"), _no_findings, extra_md="plots/evaluate/report.md"),
+        _study("seeds", ("shared", "train", "dpo"), "The default recipe over seeds: SFT vs base, DPO vs SFT"),
     )),
     Section("scaling", "Model size and compute-optimal training", (
         _study("scaling", ("model", "train"), "SFT by model size"),

@@ -56,6 +56,10 @@ class Study:
     # each experiment reproduces up to this stage only: the SFT model's judged answers, which the
     # judge-free columns and verdicts need
     target: str = "judge@sft"
+    # (later, earlier) models of one experiment compared with each other (the seeds study: dpo vs sft)
+    model_comparisons: tuple[tuple[str, str], ...] = ()
+    # one table row per seed instead of each point's mean over its seeds
+    rows_per_seed: bool = False
 
 
 def lr_scale(train: SftConfig) -> float:
@@ -323,6 +327,45 @@ def scaling_notes(results: list[Result]) -> list[str]:
     ]
 
 
+# -- the default recipe over seeds: base, SFT and DPO of each seed's whole chain ----------------------
+
+RECIPE_MODELS = ("base", "sft", "dpo")
+
+
+def recipe_points() -> list[Point]:
+    return [Point("default", {})]  # params.yaml as it is; --seeds adds shared.seed + 1, + 2, ...
+
+
+def recipe_table(results: list[Result]) -> pd.DataFrame:
+    rows = []
+    for r in results:
+        row: dict[str, Any] = {"seed": (r.params.get("shared") or {}).get("seed")}
+        for model in RECIPE_MODELS:
+            judge = r.metrics.get(f"metrics/judge/{model}.json", {})
+            row[f"{model}_exact_accuracy"] = judge.get("exact_answer_accuracy")
+            row[f"{model}_sound_rate"] = (judge.get("labels") or {}).get("sound")
+        row["sft_test_loss"] = r.metrics[SFT_METRICS]["test_loss"]
+        row["dpo_test_accuracy"] = r.metrics.get("metrics/dpo.json", {}).get("test_accuracy")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def recipe_notes(results: list[Result]) -> list[str]:
+    from gptpipe import kernels
+
+    state = kernels.in_force()
+    return [
+        "Each row is one seed's whole chain (download, base, reward, score, filter, sft, dpo, and every "
+        "model's generate and judge): a seed redraws the synthetic data, the test prompts, the init and "
+        "the order, so the spread between rows is the recipe's, not only the prompts'.",
+        "The verdicts pair each seed's two models on that seed's prompts; their interval is Student's t "
+        "over the per-seed differences (never narrower than the pooled prompts' interval).",
+        f"Kernels of the experiments run here: ATen {state['aten']}, MKL {state['mkl_branch']} "
+        "(a point equal to the committed run takes its outputs from the DVC cache).",
+        _regime(results),
+    ]
+
+
 def against(reference: str) -> Callable[[Sequence[str]], list[tuple[str, str]]]:
     """Every other point against one reference point (the default optimizer, full fine-tuning)."""
     return lambda labels: [(label, reference) for label in labels if label != reference and reference in labels]
@@ -350,6 +393,9 @@ STUDIES = {
                           data_quality_comparisons),
     "scaling": Study("scaling", scaling_points, scaling_table, scaling_notes,
                      "SFT test loss by model size", successive),
+    "seeds": Study("seeds", recipe_points, recipe_table, recipe_notes, "SFT test loss: the default recipe by seed",
+                   lambda labels: [], target="evaluate", model_comparisons=(("sft", "base"), ("dpo", "sft")),
+                   rows_per_seed=True),
 }
 
 
@@ -368,8 +414,8 @@ def run_study(study: Study, *, report_only: bool, seeds: int = 1) -> pd.DataFram
         raise RuntimeError(f"study {study.name}: no experiment succeeded; see `dvc exp show`")
     point_of = {run.label: (point, k) for run, point, k in runs}
     table = study.table(results)
-    table.insert(0, "point", [point_of[r.label][0] for r in results])
-    if seeds > 1:
+    table.insert(0, "point", [r.label if study.rows_per_seed else point_of[r.label][0] for r in results])
+    if seeds > 1 and not study.rows_per_seed:
         table = mean_over_seeds(table)
     confidence = params.evaluate.confidence
     verdicts = study_verdicts(study, results, point_of, seeds, confidence)
@@ -424,6 +470,12 @@ def study_verdicts(study: Study, results: list[Result], point_of: dict[str, tupl
         by_point.setdefault(point, {})[k] = r
     frames: dict[str, Any] = {}
     verdicts = {}
+    for point, runs in by_point.items():  # models of one experiment, each seed paired with itself
+        for later, earlier in study.model_comparisons:
+            sides = [[read_judged(runs[k].experiment, model) for k in sorted(runs)] for model in (later, earlier)]
+            if all(f is not None for side in sides for f in side):
+                key = f"{later} vs {earlier}" if len(by_point) == 1 else f"{point}: {later} vs {earlier}"
+                verdicts[key] = paired_verdict(sides[0], sides[1], confidence)
     for later, earlier in study.comparisons(list(by_point)):
         common = sorted(set(by_point[later]) & set(by_point[earlier]))
         pair = []

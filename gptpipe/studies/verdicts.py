@@ -1,10 +1,11 @@
 """A study's verdicts, decided on the judge-free measures: exact-answer accuracy and the sound-answer
 rate of each point's SFT answers, paired by prompt with the point it is compared to.
 
-Each point's judged answers (data/judged/sft.parquet) are read from its own experiment; with several
-seeds, the (seed, prompt) pairs of every seed are pooled, each seed's two points paired on the same
-prompts. A difference whose interval holds 0, or that rests on fewer than MIN_DISCORDANT differing
-answers, is "no difference" (gptpipe.evaluation.stats.paired_difference).
+Each point's judged answers (data/judged/<model>.parquet, the SFT model's by default) are read from
+its own experiment; each seed's two points are paired on that seed's prompts, and with several seeds
+the interval covers the seed-to-seed spread (gptpipe.evaluation.stats.seeded_difference). A
+difference whose interval holds 0, or that rests on fewer than MIN_DISCORDANT differing answers, is
+"no difference".
 """
 
 from __future__ import annotations
@@ -13,20 +14,18 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from gptpipe.evaluation.stats import MIN_DISCORDANT, VERDICTS_HEADING, paired_difference, verdict_sentence
+from gptpipe.evaluation.stats import MIN_DISCORDANT, VERDICTS_HEADING, seeded_difference, verdict_sentence
 
-JUDGED_SFT = "data/judged/sft.parquet"
 MEASURES = ("exact accuracy", "sound-answer rate")
 
 
-def read_judged(experiment: str) -> pd.DataFrame | None:
-    """One experiment's judged SFT answers, or None where they carry no ground truth (real HH)."""
+def read_judged(experiment: str, model: str = "sft") -> pd.DataFrame | None:
+    """One experiment's judged answers of one model, or None where they carry no ground truth (real HH)."""
     import dvc.api
 
-    with dvc.api.open(JUDGED_SFT, rev=experiment, mode="rb") as handle:
+    with dvc.api.open(f"data/judged/{model}.parquet", rev=experiment, mode="rb") as handle:
         frame = pd.read_parquet(io.BytesIO(handle.read()))
     return frame if {"correct", "label"} <= set(frame.columns) else None
 
@@ -42,12 +41,11 @@ def paired_verdict(later: Sequence[pd.DataFrame], earlier: Sequence[pd.DataFrame
     pairs = [(outcomes(x), outcomes(y)) for x, y in zip(later, earlier, strict=True)]
     verdicts = {}
     for measure in MEASURES:
-        a, b = [], []
+        per_seed = []
         for x, y in ((xs[measure], ys[measure]) for xs, ys in pairs):
             shared = x.index.intersection(y.index)
-            a.append(x.loc[shared].to_numpy())
-            b.append(y.loc[shared].to_numpy())
-        verdicts[measure] = paired_difference(np.concatenate(a), np.concatenate(b), confidence)
+            per_seed.append((x.loc[shared].to_numpy(), y.loc[shared].to_numpy()))
+        verdicts[measure] = seeded_difference(per_seed, confidence)
     return verdicts
 
 
@@ -55,9 +53,9 @@ def verdict_lines(verdicts: dict[str, dict[str, Any]], confidence: float) -> lis
     """Markdown notes: one line per compared pair and measure."""
     if not verdicts:
         return []
-    lines = [f"{VERDICTS_HEADING} (SFT answers paired by prompt, pooled over seeds; {round(100 * confidence)}% "
-             f"interval of the difference; an interval holding 0 or fewer than {MIN_DISCORDANT} differing "
-             "answers is no difference):"]
+    lines = [f"{VERDICTS_HEADING} (answers paired by prompt within each seed; {round(100 * confidence)}% "
+             "interval of the difference, over seeds where there are several (Student's t on the per-seed "
+             f"differences); an interval holding 0 or fewer than {MIN_DISCORDANT} differing answers is no difference):"]
     for pair, measures in verdicts.items():
         later, earlier = pair.split(" vs ")
         lines += [verdict_sentence(later, earlier, measure, v) for measure, v in measures.items()]
