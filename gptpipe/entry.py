@@ -45,7 +45,7 @@ def run_stage(main: Callable[..., object], argv: Sequence[str] | None = None, di
     def guarded() -> None:
         try:
             # Which kernels produced the outputs (gptpipe/kernels.py): a run off the lock's says so.
-            print(kernels.describe(), file=sys.stderr, flush=True)
+            print(kernels.describe(), flush=True)  # stdout: a failure stays one line on stderr
             if distributed and "LOCAL_RANK" not in os.environ:
                 _relaunch_if_distributed(main, argv)  # reads params.yaml: a bad param fails here
             main(**arguments)

@@ -23,6 +23,7 @@ from gptpipe.evaluation.stats import interval_text, proportion_interval
 from gptpipe.studies.runner import (
     Point, Result, collect, recorded_baseline, recorded_seeds, run_points, write_record, write_table,
 )
+from gptpipe.studies.seeds import mean_over_seeds, seed_note, seeded_points
 from gptpipe.studies.verdicts import paired_verdict, read_judged, verdict_lines
 
 SFT_METRICS = "metrics/sft.json"
@@ -419,46 +420,12 @@ def run_study(study: Study, *, report_only: bool, seeds: int = 1) -> pd.DataFram
         table = mean_over_seeds(table)
     confidence = params.evaluate.confidence
     verdicts = study_verdicts(study, results, point_of, seeds, confidence)
-    write_table(table, TABLES, study.name, [*study.notes(results), *_seed_note(seeds)],
+    write_table(table, TABLES, study.name, [*study.notes(results), *seed_note(seeds)],
                 verdicts=verdict_lines(verdicts, confidence))
     write_record(record, study.name, baseline, table, verdicts=verdicts, seeds=seeds)
     curves = {r.label: r.series[SFT_SERIES] for r in results}
     plots.study_curves(curves, TABLES / f"{study.name}.png", study.title)
     return table
-
-
-def seeded_points(points: Sequence[Point], seeds: int, seed: int) -> list[tuple[Point, str, int]]:
-    """(experiment point, study point label, seed index): seed 0 is params.yaml's shared.seed under
-    the point's own label; seed k > 0 runs shared.seed + k as <label>-seed<k>. A seed changes the
-    data's draw (synthetic), the init and the order: the spread is that of the whole recipe."""
-    if seeds < 1:
-        raise UserError(f"--seeds: {seeds}; must be at least 1")
-    runs = []
-    for point in points:
-        runs.append((point, point.label, 0))
-        runs += [(Point(f"{point.label}-seed{k}", {**point.overrides, "shared.seed": seed + k}), point.label, k)
-                 for k in range(1, seeds)]
-    return runs
-
-
-# Columns whose spread over seeds the table shows beside their mean.
-SPREAD_COLUMNS = ("test_loss", "exact_answer_accuracy", "sound_rate", "sft_reward")
-
-
-def mean_over_seeds(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per point: numeric columns averaged over its seeds, <column>_sd (the sample standard
-    deviation) beside the SPREAD_COLUMNS, other columns as the first seed has them."""
-    rows = []
-    for point, group in table.groupby("point", sort=False):
-        row: dict[str, Any] = {"point": point, "seeds": len(group)}
-        for column in group.columns.drop("point"):
-            values = group[column]
-            numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-            row[column] = values.mean() if numeric else values.iloc[0]
-            if column in SPREAD_COLUMNS and numeric:
-                row[f"{column}_sd"] = values.std(ddof=1) if len(group) > 1 else None
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def study_verdicts(study: Study, results: list[Result], point_of: dict[str, tuple[str, int]], seeds: int,
@@ -488,14 +455,6 @@ def study_verdicts(study: Study, results: list[Result], point_of: dict[str, tupl
         if common and all(f is not None for side in pair for f in side):
             verdicts[f"{later} vs {earlier}"] = paired_verdict(pair[0], pair[1], confidence)
     return verdicts
-
-
-def _seed_note(seeds: int) -> list[str]:
-    if seeds == 1:
-        return ["One seed per point (shared.seed): `gptpipe study <name> --seeds N` repeats each over N seeds "
-                "and shows the mean and its spread (<column>_sd)."]
-    return [f"Each row is the mean over {seeds} seeds (shared.seed, shared.seed + 1, ...; a seed redraws the "
-            "synthetic data, the init and the order); <column>_sd is the sample standard deviation over seeds."]
 
 
 def _bytes_per_param(metrics: dict) -> float:
