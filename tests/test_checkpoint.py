@@ -136,3 +136,21 @@ with atomic_path({str(out)!r}) as tmp:
     clear_stale_temps(out)
     assert (out / "weights").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # nothing left beside it
+
+
+def test_a_gpu_checkpoint_carries_each_devices_generator(tmp_path, monkeypatch):
+    # No GPU here: a stand-in torch.cuda with two devices whose generators are plain byte tensors,
+    # so the save/restore plumbing is what is tested (the real calls have the same signatures).
+    generators = [torch.tensor([1, 2], dtype=torch.uint8), torch.tensor([3, 4], dtype=torch.uint8)]
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [g.clone() for g in generators])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, index: restored.__setitem__(index, state))
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    checkpoint.save_checkpoint(tmp_path / "ckpt.pt", model, optimizer, RunState())
+    generators[0].fill_(9)  # the device's generator moves on after the save
+    assert load_checkpoint(tmp_path / "ckpt.pt", model, optimizer, RunState())
+    assert [restored[i].tolist() for i in range(2)] == [[1, 2], [3, 4]]

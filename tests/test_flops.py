@@ -351,3 +351,50 @@ def test_default_peak_flops_rejects_unknown_device_naming_the_allowed_ones():
 def test_default_peak_flops_rejects_unknown_dtype():
     with pytest.raises(ValueError, match="dtype"):
         default_peak_flops("cuda", "int8")
+
+
+def _lora_counted(hf, targets, *, live_reference=False):
+    """FlopCounterMode's count of one LoRA training step (and the Charge it is estimated with)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from gptpipe.models.lora import apply_lora
+    from gptpipe.train.flops import charge_of
+
+    hf.torch.manual_seed(0)
+    model = hf.GPT2LMHeadModel(hf.GPT2Config(n_layer=TINY.n_layer, n_embd=TINY.n_embd, n_head=TINY.n_head))
+    apply_lora(model, rank=4, alpha=8.0, dropout=0.0, targets=targets)
+    input_ids = hf.torch.zeros((2, 64), dtype=hf.torch.long)
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=input_ids).logits.sum().backward()
+        if live_reference:
+            with hf.torch.no_grad():
+                model(input_ids=input_ids)  # stands in for the adapters-off pass: same matmuls but A, B
+    return counter.get_total_flops(), charge_of(model)
+
+
+@pytest.mark.parametrize("targets", [["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"], ["mlp.c_fc"]])
+def test_a_lora_step_is_charged_what_it_runs(hf, targets):
+    # A frozen base skips every weight gradient (the head's too): 4 per weight per token, not 6. The
+    # estimate also charges the input gradients of the first block's layers ahead of its first
+    # adapter, which autograd skips (nothing upstream trains): under 1.5% at this depth, less deeper.
+    from gptpipe.train.flops import Charge
+
+    counted, charge = _lora_counted(hf, targets)
+    sizes = {"attn.c_attn": (128, 384), "attn.c_proj": (128, 128), "mlp.c_fc": (128, 512), "mlp.c_proj": (512, 128)}
+    rank = 4  # A is (rank, in), B is (out, rank)
+    assert charge.frozen_base
+    assert charge.adapter_params == TINY.n_layer * sum(rank * sum(sizes[t]) for t in targets)
+    estimate = step_flops(TINY, [64, 64], 128, charge)
+    assert counted <= estimate <= 1.015 * counted
+    assert step_flops(TINY, [64, 64], 128, Charge()) > 1.25 * counted  # what 6N would claim
+
+
+def test_a_live_reference_adds_one_forward(hf):
+    from gptpipe.train.flops import Charge
+
+    trained, charge = _lora_counted(hf, ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"])
+    both, _ = _lora_counted(hf, ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"], live_reference=True)
+    live = Charge(frozen_base=True, adapter_params=charge.adapter_params, reference_forward=True)
+    added = step_flops(TINY, [64, 64], 128, live) - step_flops(TINY, [64, 64], 128, charge)
+    adapters_forward = 2 * charge.adapter_params * 128  # the stand-in pass keeps its adapters on
+    assert added == pytest.approx(both - trained - adapters_forward, rel=1e-9)

@@ -43,12 +43,16 @@ def paired_difference(later: np.ndarray, earlier: np.ndarray, confidence: float)
     d = later.astype(float) - earlier.astype(float)
     discordant = int(np.count_nonzero(d))
     low, high = mean_interval(d, confidence)
-    if discordant < MIN_DISCORDANT or low <= 0 <= high:
-        verdict = "no difference"
-    else:
-        verdict = "higher" if low > 0 else "lower"
     return {"difference": float(d.mean()), "ci_low": low, "ci_high": high, "discordant": discordant,
-            "verdict": verdict, "seeds": 1}
+            "verdict": verdict_of(low, high, discordant), "seeds": 1}
+
+
+def verdict_of(low: float, high: float, discordant: int) -> str:
+    """The rule every paired verdict follows: "no difference" when the interval holds 0 or too few
+    prompts were answered differently to trust it, else "higher" or "lower"."""
+    if discordant < MIN_DISCORDANT or low <= 0 <= high:
+        return "no difference"
+    return "higher" if low > 0 else "lower"
 
 
 # Prompts answered differently below which a paired difference of rates is "no difference".
@@ -74,12 +78,9 @@ def seeded_difference(per_seed: Sequence[tuple[np.ndarray, np.ndarray]], confide
     half = max(t * diffs.std(ddof=1) / math.sqrt(seeds), (pooled["ci_high"] - pooled["ci_low"]) / 2)
     mean = float(diffs.mean())
     low, high = mean - half, mean + half
-    if pooled["discordant"] < MIN_DISCORDANT or low <= 0 <= high:
-        verdict = "no difference"
-    else:
-        verdict = "higher" if low > 0 else "lower"
     return {"difference": mean, "ci_low": low, "ci_high": high, "discordant": pooled["discordant"],
-            "verdict": verdict, "seeds": seeds, "per_seed": [float(d) for d in diffs]}
+            "verdict": verdict_of(low, high, pooled["discordant"]), "seeds": seeds,
+            "per_seed": [float(d) for d in diffs]}
 
 
 def student_t_quantile(p: float, df: int) -> float:

@@ -54,8 +54,7 @@ def save_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Opt
         "objective": model_state,
         "optimizer": optim_state,
         "state": dict(vars(state)),
-        "torch_rng": torch.get_rng_state(),
-        "python_rng": random.getstate(),
+        **rng_states(),
     }
     if scaler is not None and scaler.is_enabled():  # fp16: the loss scale, so a resume continues it
         payload["scaler"] = scaler.state_dict()
@@ -82,10 +81,27 @@ def load_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Opt
     if scaler is not None and "scaler" in payload:
         scaler.load_state_dict(payload["scaler"])
     vars(state).update(payload["state"])
-    torch.set_rng_state(payload["torch_rng"])
-    random.setstate(_as_rng_state(payload["python_rng"]))
+    restore_rng_states(payload)
     tqdm.write(f"resuming from {path} at step {state.step}", file=sys.stderr)
     return True
+
+
+def rng_states() -> dict[str, Any]:
+    """Every generator a step draws from: the CPU's, Python's, and each CUDA device's (dropout and
+    sampling on a GPU draw from the device's own generator, so a GPU resume needs it to be bit for bit)."""
+    states = {"torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(payload: dict[str, Any]) -> None:
+    torch.set_rng_state(payload["torch_rng"])
+    random.setstate(_as_rng_state(payload["python_rng"]))
+    if "cuda_rng" in payload and torch.cuda.is_available():
+        # One state per device it was saved on; a host with fewer devices restores those it has.
+        for index, cuda_state in enumerate(payload["cuda_rng"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def discard(path: Path) -> None:

@@ -182,19 +182,54 @@ def training_flops_per_token(shape: ModelShape, seq_len: int, *, lm_head: bool =
     return weights + attention + (_lm_head_training_flops(shape) if lm_head else 0.0)
 
 
-def step_flops(shape: ModelShape, seq_lens: Sequence[int], loss_positions: int) -> float:
+@dataclass(frozen=True)
+class Charge:
+    """What a training step runs besides a forward and a backward through trainable weights.
+
+    A matmul's backward is two matmuls: the input's gradient and the weight's. A frozen weight (a
+    LoRA base, its tied head) skips the second, so it costs 4 per parameter per token, not 6, while
+    the adapters' own matrices cost the full 6. A live DPO reference adds one forward (2 per weight,
+    attention's forward, and the head at the loss positions) that no gradient flows through.
+    """
+
+    frozen_base: bool = False  # the model's own weights get no gradient (LoRA)
+    adapter_params: int = 0  # matmul parameters of the trainable adapters
+    reference_forward: bool = False  # a frozen copy (or the base, adapters off) runs each step
+
+
+FULL = Charge()
+
+
+def charge_of(objective: torch.nn.Module) -> Charge:
+    """The Charge of an objective, read off its parameters: adapters are the trainable `lora_`
+    matrices, and the live reference is whatever the objective holds as `reference` (a frozen
+    copy) or, for a LoRA policy in live mode, the same base run with the adapters off."""
+    params = [(n, p) for n, p in objective.named_parameters() if not n.startswith("reference.")]
+    adapters = sum(p.numel() for n, p in params if "lora_" in n and p.requires_grad)
+    frozen = adapters > 0 and not any(p.requires_grad for n, p in params if "lora_" not in n)
+    live = getattr(objective, "reference_mode", "cached") == "live"
+    return Charge(frozen_base=frozen, adapter_params=adapters, reference_forward=live)
+
+
+def step_flops(shape: ModelShape, seq_lens: Sequence[int], loss_positions: int, charge: Charge = FULL) -> float:
     """FLOPs of one optimiser step over sequences of the given lengths.
 
     Each sequence's attention term uses its own length (no padding is charged), and the LM head
-    is charged only at the ``loss_positions`` where the training loop computes logits.
+    is charged only at the ``loss_positions`` where the training loop computes logits. ``charge``
+    says what else runs (frozen weights, adapters, a live reference).
     """
     total_tokens = sum(seq_lens)
     if not 0 <= loss_positions <= total_tokens:
         raise ValueError(f"loss_positions must be in [0, {total_tokens}], got {loss_positions}")
-    body = sum(
-        training_flops_per_token(shape, n, lm_head=False) * n for n in seq_lens
-    )
-    return body + _lm_head_training_flops(shape) * loss_positions
+    weights = shape.n_layer * _matmul_params_per_layer(shape)
+    per_weight = 4.0 if charge.frozen_base else 6.0
+    head = shape.n_embd * shape.vocab_size
+    attention = sum(12.0 * shape.n_layer * shape.n_embd * n * n for n in seq_lens)
+    total = (per_weight * weights + 6.0 * charge.adapter_params) * total_tokens + attention
+    total += per_weight * head * loss_positions
+    if charge.reference_forward:  # a forward only: a third of each term's training cost
+        total += 2.0 * weights * total_tokens + attention / 3 + 2.0 * head * loss_positions
+    return total
 
 
 def mfu(flops_per_s: float, peak_flops_per_s: float) -> float:

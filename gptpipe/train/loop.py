@@ -67,6 +67,7 @@ def train(
     state = RunState()
     load_checkpoint(checkpoint, objective, optimizer, state, scaler)
     net = _wrap(objective, runtime)
+    charge = flops.charge_of(objective)  # what runs per token: frozen weights, adapters, a live reference
     timer = _Timer()
     memory: dict[str, int] = {}
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc=desc, disable=not runtime.is_main)
@@ -108,7 +109,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         # -- diagnostics only below this line --
         state.tokens += sum(b.n_tokens for b in micro_batches)
-        step_flops = sum(flops.step_flops(shape, b.seq_lens, b.head_positions) for b in micro_batches)
+        step_flops = sum(flops.step_flops(shape, b.seq_lens, b.head_positions, charge) for b in micro_batches)
         state.flops += step_flops
         timer.stop(sum(b.n_tokens for b in micro_batches), step_flops)
         state.step += 1
