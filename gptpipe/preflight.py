@@ -57,6 +57,12 @@ def memory_report(params: Params, card: Card | None) -> tuple[list[str], list[st
             f"shared.dtype=bfloat16: {card.name} has no native bf16 (compute capability below 8.0) and "
             "would emulate it, slowly; set shared.dtype=float16 (autocast with loss scaling) or float32"
         )
+    if params.shared.compile and not card.triton:
+        major, minor = card.capability
+        problems.append(
+            f"shared.compile=true: {card.name} (compute capability {major}.{minor}) is older than Triton, "
+            "which torch.compile builds its kernels with, supports (7.0); set shared.compile=false"
+        )
     if params.shared.processes > card.count:
         problems.append(
             f"shared.processes={params.shared.processes}: this machine has {card.count} {card.name}; "

@@ -49,23 +49,33 @@ class MemoryPlanError(UserError):
     """A stage that fits the card in no setting tried; the message names what would."""
 
 
+# Triton, which torch.compile generates its GPU kernels with, supports Volta (7.0) and newer.
+TRITON_CAPABILITY = (7, 0)
+
+
 @dataclass(frozen=True)
 class Card:
     name: str
     total_bytes: int
     bf16: bool  # native bf16 (compute capability 8.0 and up); older cards emulate it, slowly
     count: int = 1  # cards of this kind in the machine (what FSDP could shard over)
+    capability: tuple[int, int] = (8, 0)  # CUDA compute capability (P100 6.0, T4 7.5, A100 8.0, H100 9.0)
 
     @property
     def usable_bytes(self) -> int:
         return int(self.total_bytes * USABLE_FRACTION)
+
+    @property
+    def triton(self) -> bool:
+        """Whether torch.compile's code generator (Triton) runs here: compute capability 7.0 and up."""
+        return self.capability >= TRITON_CAPABILITY
 
     @classmethod
     def current(cls) -> Card | None:
         if not torch.cuda.is_available():
             return None
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
-        return cls(props.name, props.total_memory, props.major >= 8, torch.cuda.device_count())
+        return cls(props.name, props.total_memory, props.major >= 8, torch.cuda.device_count(), (props.major, props.minor))
 
 
 @dataclass(frozen=True)
