@@ -16,6 +16,7 @@ from gptpipe.train.flops import ModelShape, count_params
 from gptpipe.train.language_model import fit_language_model, measure_language_model, series_rows
 from gptpipe.train.runtime import make_runtime
 from gptpipe.train.sharding import full_weights
+from gptpipe.train.memory_plan import check_host_memory
 
 
 def run(shared: SharedConfig, model: ModelConfig, base: BaseConfig, tokenized: Path, out: Path,
@@ -61,6 +62,7 @@ def _write_outputs(rows, figures, metrics: Path, plots_dir: Path) -> None:
 
 def main(tokenized: Path, out: Path, metrics: Path, plots: Path, checkpoints: Path) -> None:
     params = load_params("params.yaml")
+    check_host_memory(params, "base")  # before any work: a CPU run that cannot fit stops here
     run(params.shared, params.model, params.base, tokenized, out, metrics, plots, checkpoints)
 
 

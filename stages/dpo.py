@@ -19,6 +19,7 @@ from gptpipe.train.flops import ModelShape
 from gptpipe.train.loop import train
 from gptpipe.train.runtime import make_runtime
 from gptpipe.train.sharding import full_weights
+from gptpipe.train.memory_plan import check_host_memory
 
 
 def run(shared: SharedConfig, dpo: DpoConfig, tokenized: Path, sft: Path, out: Path, metrics: Path,
@@ -66,6 +67,7 @@ def _check_tokenized(tokenized: Path) -> None:
 
 def main(tokenized: Path, sft: Path, out: Path, metrics: Path, plots: Path, checkpoints: Path) -> None:
     params = load_params("params.yaml")
+    check_host_memory(params, "dpo")  # before any work: a CPU run that cannot fit stops here
     run(params.shared, params.dpo, tokenized, sft, out, metrics, plots, checkpoints)
 
 

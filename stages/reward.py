@@ -23,6 +23,7 @@ from gptpipe.train.loop import evaluate, train
 from gptpipe.train.runtime import inference_device, make_runtime
 from gptpipe.train.sharding import full_weights
 from gptpipe.train.objectives import BradleyTerry
+from gptpipe.train.memory_plan import check_host_memory
 
 SERIES_COLUMNS = ("step", "tokens", "flops", "lr", "train_loss", "test_loss", "train_accuracy", "test_accuracy")
 
@@ -94,6 +95,7 @@ def _fetch_hub_judge(shared: SharedConfig, reward: RewardConfig, raw: Path, out:
 
 def main(tokenized: Path, raw: Path, base: Path, out: Path, metrics: Path, plots: Path, checkpoints: Path) -> None:
     params = load_params("params.yaml")
+    check_host_memory(params, "reward")  # before any work: a CPU run that cannot fit stops here
     run(params.shared, params.reward, tokenized, raw, base, out, metrics, plots, checkpoints)
 
 

@@ -17,6 +17,7 @@ from gptpipe.train.checkpoint import discard, run_key
 from gptpipe.train.language_model import fit_language_model, series_rows
 from gptpipe.train.runtime import make_runtime
 from gptpipe.train.sharding import full_weights
+from gptpipe.train.memory_plan import check_host_memory
 
 
 def run(shared: SharedConfig, train: SftConfig, subset: Path, tokenized: Path, raw_test: Path | None, base: Path,
@@ -49,6 +50,7 @@ def run(shared: SharedConfig, train: SftConfig, subset: Path, tokenized: Path, r
 def main(subset: Path, tokenized: Path, raw_test: Path, base: Path, out: Path, metrics: Path, plots: Path,
          checkpoints: Path) -> None:
     params = load_params("params.yaml")
+    check_host_memory(params, "train")  # before any work: a CPU run that cannot fit stops here
     run(params.shared, params.train, subset, tokenized, raw_test, base, out, metrics, plots, checkpoints)
 
 

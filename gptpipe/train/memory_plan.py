@@ -265,3 +265,101 @@ def _what(job: Job) -> str:
 def _divisors(batch: int, micro: int) -> list[int]:
     """Micro-batch sizes up to `micro` that divide the batch, largest first."""
     return [m for m in range(micro, 0, -1) if batch % m == 0]
+
+
+# -- The CPU's RAM ---------------------------------------------------------------------------------
+# On a CPU the peak is resident memory (RSS), measured with tests/cpu_peak.py (ru_maxrss of one
+# process taking two AdamW steps of the real objective, fp32, eager, PyTorch SDPA; 2026-12-02):
+#
+#     peak = the process (Python, torch, transformers loaded) + parameters + gradients + optimizer
+#          state + tokens x layers x (CPU_ACTIVATION_BYTES_PER_WIDTH * n_embd + CPU_ACTIVATION_BYTES_BASE)
+#          + CPU_HEAD_BYTES (the LM head's chunked logits and glibc's arenas around them)
+#
+# fitted on four SFT (LanguageModelling) steps: 2x256 and 4x512 at 256 and 2,048 tokens a pass.
+# Gradients stay in the CPU peak (RSS does not shrink when the allocator frees them). CPU activations
+# are 2.2x the GPU's at GPT-2 124M: SDPA's CPU kernel materialises the attention weights, and the
+# allocator keeps freed blocks resident. bf16 autocast on a CPU is planned as fp32 plus the bf16
+# copies (not measured: the default and the CPU runs are fp32).
+CPU_PROCESS_BYTES = 400_000_000
+CPU_ACTIVATION_BYTES_PER_WIDTH = 234
+CPU_ACTIVATION_BYTES_BASE = 25_000
+CPU_HEAD_BYTES = 150_000_000
+CPU_TOLERANCE = 0.15  # held-out runs (DPO with a live reference, a shape the fit never saw) lie within
+# The host keeps this much for the kernel, page cache and whatever else runs: total minus a margin,
+# not psutil's "available", so the same params get the same verdict on the same machine whatever
+# else happens to run at that moment.
+RAM_MARGIN_FRACTION = 0.10
+RAM_MARGIN_MIN_BYTES = 2 * 2**30
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Host:
+    """The CPU's RAM, as a budget for a training run on the CPU."""
+
+    total_bytes: int
+
+    @property
+    def usable_bytes(self) -> int:
+        return self.total_bytes - max(RAM_MARGIN_MIN_BYTES, int(self.total_bytes * RAM_MARGIN_FRACTION))
+
+    @classmethod
+    def current(cls) -> Host:
+        import psutil
+
+        return cls(psutil.virtual_memory().total)
+
+
+def cpu_need(job: Job, micro_batch_size: int, checkpointing: bool) -> Need:
+    """Peak resident memory of the job on a CPU (see the block above for the measurement)."""
+    parts = model_bytes(job)
+    parts.pop("lm_head_buffer")  # inside CPU_HEAD_BYTES: the fit measured the fused head as it runs
+    parts["process"] = CPU_PROCESS_BYTES + CPU_HEAD_BYTES
+    tokens = micro_batch_size * job.sequences_per_example * job.max_length
+    per_layer = CPU_ACTIVATION_BYTES_PER_WIDTH * job.shape.n_embd + CPU_ACTIVATION_BYTES_BASE
+    if checkpointing:  # only each block's input is kept; one block's activations are live again
+        per_layer = CHECKPOINTED_BYTES_PER_WIDTH * job.shape.n_embd * FP32_ACTIVATION_FACTOR
+        parts["recomputed_block"] = tokens * (CPU_ACTIVATION_BYTES_PER_WIDTH * job.shape.n_embd + CPU_ACTIVATION_BYTES_BASE)
+    parts["activations"] = int(tokens * job.shape.n_layer * per_layer)
+    return Need(job, micro_batch_size, checkpointing, parts)
+
+
+def check_host_memory(params: Params, stage: str) -> None:
+    """First thing in a training stage: on the CPU (shared.device cpu, or auto without CUDA), its
+    peak resident memory fits this host's RAM, or the stage stops in one line naming what fits."""
+    if not (params.shared.device == "cpu" or (params.shared.device == "auto" and not torch.cuda.is_available())):
+        return
+    check_stage(params, stage, Host.current())
+
+
+def check_stage(params: Params, stage: str, host: Host) -> Need | None:
+    """The stage's job fits the host's RAM as set (its Need), or a MemoryPlanError naming what fits.
+    None for a stage that trains nothing with these params (base from hub weights, a hub judge)."""
+    job = next((j for j in jobs(params) if j.stage == stage), None)
+    if job is None:
+        return None
+    configured = cpu_need(job, job.loop.micro_batch_size, job.loop.activation_checkpointing)
+    if configured.bytes <= host.usable_bytes:
+        return configured
+    options = [
+        f"{job.stage}.micro_batch_size={trial.micro_batch_size} ({trial.bytes / GB:.1f} GB)"
+        for trial in (cpu_need(job, m, job.loop.activation_checkpointing) for m in _divisors(job.loop.batch_size, job.loop.micro_batch_size))
+        if trial.bytes <= host.usable_bytes
+    ][:1]  # the largest that fits: the same batch, the least accumulation
+    if not job.loop.activation_checkpointing:
+        checkpointed = cpu_need(job, job.loop.micro_batch_size, True)
+        if checkpointed.bytes <= host.usable_bytes:
+            options.append(f"{job.stage}.activation_checkpointing=true ({checkpointed.bytes / GB:.1f} GB)")
+    sequences = f"{job.sequences_per_example} x {job.loop.micro_batch_size}" if job.sequences_per_example > 1 else f"{job.loop.micro_batch_size}"
+    reference = ", a live reference copy" if job.frozen_copy else ""
+    fix = f"set {' or '.join(options)}" if options else f"no micro-batch fits; use a GPU or a host with {need_gib(job):.0f} GiB"
+    raise MemoryPlanError(
+        f"{job.stage} needs {configured.bytes / GB:.1f} GB of RAM at {job.stage}.micro_batch_size="
+        f"{job.loop.micro_batch_size} ({sequences} sequences of {job.max_length} tokens, {_what(job)}{reference}); "
+        f"this host has {host.total_bytes / GIB:.0f} GiB ({host.usable_bytes / GB:.1f} GB usable): {fix}"
+    )
+
+
+def need_gib(job: Job) -> float:
+    smallest = cpu_need(job, 1, True).bytes
+    return (smallest + max(RAM_MARGIN_MIN_BYTES, smallest * RAM_MARGIN_FRACTION)) / GIB
