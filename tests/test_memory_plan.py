@@ -164,3 +164,36 @@ def test_settings_fsdp_cannot_run_fail_before_any_work(shared, section, message)
     halves = {s: {"micro_batch_size": 4} for s in ("base", "train", "reward", "dpo")}  # two per step
     with pytest.raises(Exception, match=message):
         parse_params(merge(merge(TINY, halves), {"shared": shared, **(section or {})}))
+
+
+FITTED_SIZES = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
+
+
+@pytest.mark.parametrize("held_out", FITTED_SIZES)
+def test_the_activation_line_fitted_without_a_size_predicts_that_sizes_peak(held_out, monkeypatch):
+    # Leave one out: the plan's activation line (bytes per token and layer = a * n_embd + b) refitted
+    # on the other three sizes' measured peaks, less what need() counts besides activations, must
+    # predict the fourth size's measured peak within 3%.
+    import numpy as np
+
+    from gptpipe.train import memory_plan
+
+    def job_of(size, micro):
+        loop = LoopConfig(batch_size=micro, micro_batch_size=micro)
+        return Job("train", size, GPT2_SHAPES[size], loop, LoraConfig(), "bfloat16", 512)
+
+    rows = {size: (micro, peak) for size, micro, ckpt, rank, peak in MEASURED if not ckpt and not rank}
+    widths, per_token_layer = [], []
+    for size in FITTED_SIZES:
+        if size == held_out:
+            continue
+        micro, peak = rows[size]
+        planned = need(job_of(size, micro), micro, False)
+        rest = planned.bytes - planned.parts["activations"]
+        widths.append(GPT2_SHAPES[size].n_embd)
+        per_token_layer.append((peak - rest) / (micro * 512 * GPT2_SHAPES[size].n_layer))
+    a, b = np.polyfit(widths, per_token_layer, 1)
+    monkeypatch.setattr(memory_plan, "ACTIVATION_BYTES_PER_WIDTH", a)
+    monkeypatch.setattr(memory_plan, "ACTIVATION_BYTES_BASE", b)
+    micro, peak = rows[held_out]
+    assert need(job_of(held_out, micro), micro, False).bytes == pytest.approx(peak, rel=0.03)
