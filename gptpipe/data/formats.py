@@ -58,7 +58,7 @@ def parse(record: Any, fmt: str) -> Pair:
         dialogue = _turns(record["prompt"], "user") + _turns(record["completion"], "assistant")
     elif fmt == "messages":
         _require(record, "messages")
-        dialogue = _turns(record["messages"], "user")
+        dialogue = _turns(record["messages"], None)
     elif fmt == "alpaca":
         _require(record, "instruction", "output")
         instruction, extra, output = record["instruction"], record.get("input") or "", record["output"]
@@ -68,7 +68,7 @@ def parse(record: Any, fmt: str) -> Pair:
         dialogue = [("Human", "\n\n".join(t for t in (instruction.strip(), extra.strip()) if t)), ("Assistant", output)]
     elif fmt == "sharegpt":
         _require(record, "conversations")
-        dialogue = _system(record.get("system")) + _turns(record["conversations"], "user")
+        dialogue = _system(record.get("system")) + _turns(record["conversations"], None)
     else:
         raise ValueError(f"unknown format {fmt!r}")
     return _single(_trim(dialogue))
@@ -89,9 +89,9 @@ def _single(dialogue: list[tuple[str, str]]) -> Pair:
     return Pair(id=pair_id(prompt, response, ""), prompt=prompt, chosen=response, rejected=None)
 
 
-def _turns(value: Any, text_role: str) -> list[tuple[str, str]]:
-    """A text (one turn of `text_role`) or a message list → [(speaker, text)]."""
-    if isinstance(value, str):
+def _turns(value: Any, text_role: str | None) -> list[tuple[str, str]]:
+    """A text (one turn of `text_role`; None: only message lists) or a message list → [(speaker, text)]."""
+    if isinstance(value, str) and text_role is not None:
         return [(ROLES[text_role], value)]
     if not isinstance(value, list) or not value:
         raise Unparseable(NOT_TEXT)
