@@ -196,6 +196,8 @@ def resolve_format(records: list[Any], stated: str, origin: str) -> str:
     first = next((r for r in records if isinstance(r, dict)), None)
     detected = formats.detect(first)
     fields = ", ".join(sorted(first)) if first else "none"
+    if first is None:  # no record at all: nothing to tell, and the usable-split check names it
+        return "hh" if stated == "auto" else stated
     if stated == "auto":
         if detected is None:
             raise DataFileError(f"{origin}: cannot tell the record format from the fields ({fields}); set "

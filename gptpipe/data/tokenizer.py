@@ -111,12 +111,12 @@ def tokenize_split(table: pa.Table, cfg: TokenizeConfig) -> tuple[pa.Table, dict
         columns["prompt_ids"].append(prompt)
         columns["chosen_ids"].append(chosen)
         columns["rejected_ids"].append(rejected)
+        counts["prompts_cut"] += prompt_cut
+        counts["responses_cut"] += response_cut
     # A single-response record (SFT data) has no rejected: null ids and length, not an empty reply.
     for i, text in enumerate(rejected_texts):
         if text is None:
             columns["rejected_ids"][i] = None
-        counts["prompts_cut"] += prompt_cut
-        counts["responses_cut"] += response_cut
     out = pa.table(
         {
             "id": table.column("id"),
