@@ -143,3 +143,16 @@ def test_check_refuses_pair_stages_on_single_responses(tmp_path):
     assert single_response_problems(parse_params({"data": {"source": "dir", "dir": str(_folder(hh, "json", pairs))}})) == []
     stated = single_response_problems(parse_params({"data": {"format": "sharegpt"}, "reward": {"backend": "hf"}}))
     assert len(stated) == 1 and "reward (backend trained)" not in stated[0]
+
+
+def test_gptpipe_check_fails_in_one_line_on_single_responses(tmp_path):
+    from typer.testing import CliRunner
+
+    from gptpipe.cli import app
+
+    folder = _folder(tmp_path, "parquet", ALPACA)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  source: dir\n  dir: {folder}\n")
+    result = CliRunner().invoke(app, ["check", "--params", str(params)])
+    assert result.exit_code != 0
+    assert "data.format=alpaca: single responses" in result.output and "dpo" in result.output
