@@ -44,8 +44,12 @@ def _fail(err: UserError) -> None:
 @app.command()
 def check(params: ParamsOption = Path("params.yaml")) -> None:
     """Validate params.yaml: every key, type, range and choice, before any work."""
+    from gptpipe.preflight import single_response_problems
+
     try:
-        load_params(params)
+        problems = single_response_problems(load_params(params))
+        if problems:  # the data decides which stages can run: fail here, not at the reward stage
+            raise UserError(problems[0])
     except UserError as err:
         _fail(err)
     typer.echo(f"{params}: ok")

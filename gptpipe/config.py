@@ -72,6 +72,9 @@ class SyntheticConfig(Section):
 
 class DataConfig(Section):
     source: Literal["synthetic", "dir", "hf"] = "synthetic"
+    # Record format of dir/hf files: auto (told by the fields of the first record) or stated; see
+    # gptpipe.data.formats. Formats without a rejected response feed SFT only.
+    format: Literal["auto", "hh", "prompt-completion", "preference", "messages", "alpaca", "sharegpt"] = "auto"
     # HH-RLHF division: helpful-base, harmless-base, helpful-online, helpful-rejection-sampled.
     # A folder name (it is joined to data.dir and sent to the hub as data_dir), never a path.
     division: str = "helpful-base"

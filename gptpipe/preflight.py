@@ -11,7 +11,8 @@ from pathlib import Path
 
 from gptpipe.config import Params
 from gptpipe.models.gpt2 import HUB_GPT2
-from gptpipe.data.sources import HF_DATASET
+from gptpipe.data import formats
+from gptpipe.data.sources import HF_DATASET, _split_file, read_records
 from gptpipe.train.memory_plan import GB, Card, MemoryPlanError, advice, jobs, plan
 
 HUB_TIMEOUT_S = 10
@@ -27,6 +28,7 @@ def unreachable_assets(params: Params) -> list[str]:
         )
     if params.data.source == "dir" and not (Path(params.data.dir) / params.data.division).is_dir():
         problems.append(f"data.dir: {params.data.dir}/{params.data.division} is not a folder")
+    problems += single_response_problems(params)
     if params.model.init == "pretrained":
         problems += _unreachable_gpt2("model.name", [params.model.name])
     if params.scaling.fine_tunes:  # each size from its weights: a size that cannot load fails hours in
@@ -110,3 +112,20 @@ def _hub_has(kind: str, repo_id: str) -> bool:
     except Exception:  # offline, unknown id, or hub down: all mean "cannot fetch it now"
         return False
     return True
+
+
+def single_response_problems(params: Params) -> list[str]:
+    """Data without a rejected response feeds SFT only: the stages that need preference pairs, in
+    one line. The format is the stated one, or a dir's first train record's."""
+    fmt = params.data.format
+    if fmt == "auto" and params.data.source == "dir":
+        path = _split_file(Path(params.data.dir) / params.data.division, "train")
+        records = read_records(path) if path else []
+        fmt = formats.detect(next((r for r in records if isinstance(r, dict)), None)) or "auto"
+    if fmt not in formats.SINGLE_RESPONSE:
+        return []
+    needs = (["reward (backend trained)"] if params.reward.backend == "trained" else []) + [
+        "score's rejected rewards", "filter.by margin", "dpo", "evaluate's win rates"]
+    return [f"data.format={fmt}: single responses, no rejected, but {', '.join(needs)} need preference pairs; "
+            "this data reaches SFT through dvc.yaml only once score and filter accept single responses (not yet): "
+            "use preference data (hh or preference) for the whole chain, or `dvc repro tokenize` to prepare it"]

@@ -68,6 +68,8 @@ def lm_examples(table: pa.Table, loss_on: str, responses: Sequence[str]) -> list
     examples = []
     for column in responses:
         for prompt, response in zip(prompts, table.column(f"{column}_ids").to_pylist(), strict=True):
+            if response is None:  # no rejected response (SFT data): nothing to pretrain on
+                continue
             first = len(prompt) if loss_on == "response" else 1
             examples.append(LMExample(ids=prompt + response, first_target=max(first, 1)))
     return examples

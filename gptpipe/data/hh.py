@@ -13,7 +13,7 @@ import gzip
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ class Pair:
     id: str
     prompt: str  # ends with "\n\nAssistant:"
     chosen: str  # the final response, as it follows the prompt (usually with a leading space)
-    rejected: str
+    rejected: str | None  # None: a single-response record (SFT data, no preference)
     meta: dict[str, Any] = field(default_factory=dict)  # ground truth, synthetic data only
 
 
@@ -113,8 +113,10 @@ def pair_id(prompt: str, chosen: str, rejected: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def parse_records(records: Iterable[Any], report: ParseReport) -> list[Pair]:
-    """Parse decoded records, dropping (and counting) the unparseable and the duplicates."""
+def parse_records(records: Iterable[Any], report: ParseReport, parse: Callable[[Any], Pair] | None = None) -> list[Pair]:
+    """Parse decoded records (with `parse`, HH's parse_record by default), dropping (and counting) the
+    unparseable and the duplicates."""
+    parse = parse or parse_record
     pairs: list[Pair] = []
     seen: set[str] = set()
     for record in records:
@@ -123,7 +125,7 @@ def parse_records(records: Iterable[Any], report: ParseReport) -> list[Pair]:
             report.dropped[record.reason] += 1
             continue
         try:
-            pair = parse_record(record)
+            pair = parse(record)
         except Unparseable as err:
             report.dropped[err.reason] += 1
             continue

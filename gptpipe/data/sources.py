@@ -16,7 +16,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gptpipe.data import synthetic
+import json
+
+from gptpipe.data import formats, synthetic
 from gptpipe.config import DataConfig
 from gptpipe.errors import UserError, first_line
 from gptpipe.files import atomic_path
@@ -50,12 +52,18 @@ def parse_source(cfg: DataConfig, seed: int) -> tuple[dict[str, list[Pair]], dic
     pairs_by_split, reports = {}, {}
     for split in SPLITS:
         reports[split] = ParseReport()
-        pairs = parse_records(raw.records[split], reports[split])
+        fmt = resolve_format(raw.records[split], cfg.format, raw.origin[split])
+        metrics.setdefault("format", fmt)
+        if metrics["format"] != fmt:
+            raise DataFileError(f"data: the train split is {metrics['format']} but the test split from "
+                                f"{raw.origin[split]} is {fmt}; give both splits one format")
+        pairs = parse_records(raw.records[split], reports[split], lambda r, fmt=fmt: formats.parse(r, fmt))
         pairs_by_split[split] = cap_pairs(pairs, cfg.max_pairs, seed)
         metrics[split] = reports[split].as_dict() | {
             "origin": raw.origin[split],
             "pairs": len(pairs_by_split[split]),
         }
+    metrics["preference"] = metrics["format"] not in formats.SINGLE_RESPONSE
     for split in SPLITS:
         _refuse_unusable(split, reports[split], raw, cfg)
     return pairs_by_split, metrics
@@ -91,7 +99,7 @@ def read_folder(root: Path, division: str, split_fraction: float, seed: int) -> 
             f"{folder}: no train.jsonl[.gz] or test.jsonl[.gz]; data.dir must hold "
             f"<division>/<split>.jsonl[.gz] as the hub does (data.division={division!r})"
         )
-    records = {split: read_jsonl(found[split]) for split in present}
+    records = {split: read_records(found[split]) for split in present}
     if len(present) == 2:
         return RawSplits(records, {split: str(found[split]) for split in SPLITS})
     (have,) = present
@@ -169,7 +177,7 @@ def write_pairs(pairs: list[Pair], path: Path) -> None:
         "id": [p.id for p in pairs],
         "prompt": [p.prompt for p in pairs],
         "chosen": [p.chosen for p in pairs],
-        "rejected": [p.rejected for p in pairs],
+        "rejected": [p.rejected for p in pairs],  # null for single responses (SFT data)
     }
     if any(p.meta for p in pairs):
         for key in META_COLUMNS:
@@ -182,8 +190,45 @@ def read_pairs(path: Path) -> pa.Table:
     return pq.read_table(path)
 
 
+def resolve_format(records: list[Any], stated: str, origin: str) -> str:
+    """The format of a split: stated, or told by the fields of its first record; a stated format
+    the fields contradict is an error (parsing on would drop every record as missing_field)."""
+    first = next((r for r in records if isinstance(r, dict)), None)
+    detected = formats.detect(first)
+    fields = ", ".join(sorted(first)) if first else "none"
+    if first is None:  # no record at all: nothing to tell, and the usable-split check names it
+        return "hh" if stated == "auto" else stated
+    if stated == "auto":
+        if detected is None:
+            raise DataFileError(f"{origin}: cannot tell the record format from the fields ({fields}); set "
+                                f"data.format to one of {', '.join(formats.FORMATS[1:])}")
+        return detected
+    if detected is not None and detected != stated:
+        raise DataFileError(f"{origin}: data.format={stated} but the first record's fields ({fields}) are "
+                            f"{detected}'s; set data.format: {detected} (or auto)")
+    return stated
+
+
+def read_records(path: Path) -> list[Any]:
+    """Decoded records of a JSON Lines (.jsonl[.gz]), JSON array (.json) or Parquet file."""
+    if path.suffix == ".parquet":
+        try:
+            return pq.read_table(path).to_pylist()
+        except pa.ArrowException as err:
+            raise DataFileError(f"{path}: not a readable Parquet file ({first_line(err)}); write it again") from None
+    if path.suffix == ".json":
+        try:
+            values = json.loads(path.read_bytes())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DataFileError(f"{path}: not JSON ({type(err).__name__}); expected one array of records") from None
+        if not isinstance(values, list) or not values:
+            raise DataFileError(f"{path}: not a non-empty JSON array of records; write one [{{...}}, ...] array")
+        return values
+    return read_jsonl(path)
+
+
 def _split_file(folder: Path, split: str) -> Path | None:
-    for name in (f"{split}.jsonl.gz", f"{split}.jsonl"):
+    for name in (f"{split}.jsonl.gz", f"{split}.jsonl", f"{split}.json", f"{split}.parquet"):
         if (folder / name).is_file():
             return folder / name
     return None

@@ -100,7 +100,8 @@ def tokenize_split(table: pa.Table, cfg: TokenizeConfig) -> tuple[pa.Table, dict
     enc = gpt2_encoding()
     prompts = enc.encode_ordinary_batch(table.column("prompt").to_pylist())
     chosens = enc.encode_ordinary_batch(table.column("chosen").to_pylist())
-    rejecteds = enc.encode_ordinary_batch(table.column("rejected").to_pylist())
+    rejected_texts = table.column("rejected").to_pylist()
+    rejecteds = enc.encode_ordinary_batch([text or "" for text in rejected_texts])
     columns: dict[str, list[Any]] = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
     counts = {"prompts_cut": 0, "responses_cut": 0}
     for prompt, chosen, rejected in zip(prompts, chosens, rejecteds, strict=True):
@@ -112,13 +113,17 @@ def tokenize_split(table: pa.Table, cfg: TokenizeConfig) -> tuple[pa.Table, dict
         columns["rejected_ids"].append(rejected)
         counts["prompts_cut"] += prompt_cut
         counts["responses_cut"] += response_cut
+    # A single-response record (SFT data) has no rejected: null ids and length, not an empty reply.
+    for i, text in enumerate(rejected_texts):
+        if text is None:
+            columns["rejected_ids"][i] = None
     out = pa.table(
         {
             "id": table.column("id"),
             **{name: pa.array(ids, type=pa.list_(pa.int32())) for name, ids in columns.items()},
             "prompt_len": pa.array([len(x) for x in columns["prompt_ids"]], pa.int32()),
             "chosen_len": pa.array([len(x) for x in columns["chosen_ids"]], pa.int32()),
-            "rejected_len": pa.array([len(x) for x in columns["rejected_ids"]], pa.int32()),
+            "rejected_len": pa.array([None if x is None else len(x) for x in columns["rejected_ids"]], pa.int32()),
         }
     )
     return out, counts

@@ -1,0 +1,158 @@
+"""Every record format through the dir source and the one parser: what each becomes, what is dropped
+by which reason, the format told from the fields or stated, and the three file types."""
+
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gptpipe.config import DataConfig
+from gptpipe.data import formats
+from gptpipe.data.hh import ParseReport, parse_records
+from gptpipe.data.sources import DataFileError, parse_source
+from gptpipe.data.tokenizer import EOT_ID, encode, tokenize_split
+from gptpipe.config import TokenizeConfig
+
+H, A = "\n\nHuman:", "\n\nAssistant:"
+
+# One good record of each format, and what it must become: (prompt, chosen, rejected).
+GOOD = {
+    "hh": ({"chosen": f"{H} Hi{A} Hello.", "rejected": f"{H} Hi{A} Go away."},
+           (f"{H} Hi{A}", " Hello.", " Go away.")),
+    "prompt-completion": ({"prompt": "Name a colour.", "completion": " Blue."},
+                          (f"{H} Name a colour.{A}", " Blue.", None)),
+    "preference": ({"prompt": [{"role": "user", "content": "2+2?"}],
+                    "chosen": [{"role": "assistant", "content": "4"}],
+                    "rejected": [{"role": "assistant", "content": "5"}]},
+                   (f"{H} 2+2?{A}", " 4", " 5")),
+    "messages": ({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                               {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"},
+                               {"role": "assistant", "content": "Goodbye"}]},
+                 (f"Be brief.{H} Hi{A} Hello{H} Bye{A}", " Goodbye", None)),
+    "alpaca": ({"instruction": "Translate to French.", "input": "cat", "output": "chat"},
+               (f"{H} Translate to French.\n\ncat{A}", " chat", None)),
+    "sharegpt": ({"system": "You help.", "conversations": [{"from": "human", "value": "Hi"},
+                                                             {"from": "gpt", "value": "Hello!"},
+                                                             {"from": "human", "value": "unanswered"}]},
+                 (f"You help.{H} Hi{A}", " Hello!", None)),
+}
+# Malformed records of each format, and the reason each is dropped for.
+BAD = {
+    "hh": [({"chosen": f"{H} Hi", "rejected": f"{H} Hi"}, "no_assistant_turn"),
+           ({"chosen": f"{H} Hi{A} a", "rejected": f"{H} Yo{A} b"}, "prompt_mismatch")],
+    "prompt-completion": [({"prompt": "x", "completion": 3}, "not_text"), ({"prompt": "x"}, "missing_field"),
+                          ({"prompt": "x", "completion": "  "}, "empty_response")],
+    "preference": [({"prompt": "q", "chosen": "same", "rejected": "same"}, "identical_responses"),
+                   ({"prompt": "q", "chosen": [{"role": "robot", "content": "a"}], "rejected": "b"}, "bad_role")],
+    "messages": [({"messages": [{"role": "user", "content": "Hi"}]}, "no_assistant_turn"),
+                 ({"messages": [{"role": "user"}]}, "missing_field"), ({"messages": "Hi"}, "not_text")],
+    "alpaca": [({"instruction": "Do", "output": ["x"]}, "not_text"), ({"instruction": "Do", "output": ""}, "empty_response")],
+    "sharegpt": [({"conversations": [{"from": "bot", "value": "x"}]}, "bad_role"),
+                 ({"conversations": []}, "not_text")],
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(GOOD))
+def test_each_format_becomes_the_rows_and_drops_by_reason(fmt):
+    record, (prompt, chosen, rejected) = GOOD[fmt]
+    assert formats.detect(record) == fmt
+    report = ParseReport()
+    records = [record] + [bad for bad, _ in BAD[fmt]] + ["not an object"]
+    pairs = parse_records(records, report, lambda r: formats.parse(r, fmt))
+    assert [(p.prompt, p.chosen, p.rejected) for p in pairs] == [(prompt, chosen, rejected)]
+    expected = {}
+    for _, reason in BAD[fmt]:
+        expected[reason] = expected.get(reason, 0) + 1
+    expected["missing_field"] = expected.get("missing_field", 0) + 1  # the string record
+    assert dict(report.dropped) == expected
+    assert report.kept == 1 and report.read == len(records)
+
+
+def _folder(tmp_path: Path, kind: str, records: list) -> Path:
+    folder = tmp_path / "d" / "helpful-base"
+    folder.mkdir(parents=True)
+    for split in ("train", "test"):
+        if kind == "jsonl":
+            (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        elif kind == "jsonl.gz":
+            (folder / f"{split}.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in records).encode()))
+        elif kind == "json":
+            (folder / f"{split}.json").write_text(json.dumps(records))
+        else:
+            pq.write_table(pa.Table.from_pylist(records), folder / f"{split}.parquet")
+    return tmp_path / "d"
+
+
+ALPACA = [{"instruction": f"Say {i}.", "input": "", "output": f"{i}"} for i in range(5)]
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "jsonl.gz", "json", "parquet"])
+def test_each_file_type_is_read(tmp_path, kind):
+    cfg = DataConfig(source="dir", dir=str(_folder(tmp_path, kind, ALPACA)))
+    pairs, metrics = parse_source(cfg, seed=0)
+    assert [p.chosen for p in pairs["train"]] == [f" {i}" for i in range(5)]
+    assert metrics["format"] == "alpaca" and metrics["preference"] is False
+    assert all(p.rejected is None for p in pairs["test"])
+
+
+def test_stated_format_that_the_fields_contradict_is_one_line(tmp_path):
+    cfg = DataConfig(source="dir", dir=str(_folder(tmp_path, "jsonl", ALPACA)), format="sharegpt")
+    with pytest.raises(DataFileError) as err:
+        parse_source(cfg, seed=0)
+    message = str(err.value)
+    assert "\n" not in message and "data.format=sharegpt" in message and "data.format: alpaca" in message
+
+
+def test_unknown_fields_name_the_param(tmp_path):
+    cfg = DataConfig(source="dir", dir=str(_folder(tmp_path, "jsonl", [{"question": "q", "answer": "a"}])))
+    with pytest.raises(DataFileError, match=r"cannot tell the record format from the fields \(answer, question\); set data.format"):
+        parse_source(cfg, seed=0)
+
+
+def test_drop_guard_applies_to_every_format(tmp_path):
+    records = ALPACA[:2] + [{"instruction": "x", "output": ""}] * 3  # 3 of 5 dropped
+    cfg = DataConfig(source="dir", dir=str(_folder(tmp_path, "json", records)))
+    with pytest.raises(DataFileError, match="empty_response 3.*data.max_drop_fraction=0.1"):
+        parse_source(cfg, seed=0)
+
+
+def test_single_responses_tokenize_to_null_rejected(tmp_path):
+    cfg = DataConfig(source="dir", dir=str(_folder(tmp_path, "parquet", ALPACA)))
+    pairs, _ = parse_source(cfg, seed=0)
+    table = pa.table({"id": [p.id for p in pairs["train"]], "prompt": [p.prompt for p in pairs["train"]],
+                      "chosen": [p.chosen for p in pairs["train"]], "rejected": [p.rejected for p in pairs["train"]]})
+    out, _ = tokenize_split(table, TokenizeConfig())
+    assert out.column("rejected_ids").null_count == 5 and out.column("rejected_len").null_count == 5
+    assert out.column("chosen_ids")[0].as_py() == encode(" 0") + [EOT_ID]
+
+
+def test_check_refuses_pair_stages_on_single_responses(tmp_path):
+    from gptpipe.config import parse_params
+    from gptpipe.preflight import single_response_problems
+
+    folder = _folder(tmp_path, "jsonl", ALPACA)
+    detected = single_response_problems(parse_params({"data": {"source": "dir", "dir": str(folder)}}))
+    assert len(detected) == 1 and "\n" not in detected[0]
+    assert detected[0].startswith("data.format=alpaca: single responses") and "reward (backend trained)" in detected[0]
+    assert "dpo" in detected[0]
+    hh = tmp_path / "hh"
+    pairs = [GOOD["hh"][0]]
+    assert single_response_problems(parse_params({"data": {"source": "dir", "dir": str(_folder(hh, "json", pairs))}})) == []
+    stated = single_response_problems(parse_params({"data": {"format": "sharegpt"}, "reward": {"backend": "hf"}}))
+    assert len(stated) == 1 and "reward (backend trained)" not in stated[0]
+
+
+def test_gptpipe_check_fails_in_one_line_on_single_responses(tmp_path):
+    from typer.testing import CliRunner
+
+    from gptpipe.cli import app
+
+    folder = _folder(tmp_path, "parquet", ALPACA)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  source: dir\n  dir: {folder}\n")
+    result = CliRunner().invoke(app, ["check", "--params", str(params)])
+    assert result.exit_code != 0
+    assert "data.format=alpaca: single responses" in result.output and "dpo" in result.output
