@@ -197,3 +197,20 @@ def test_fsdp_over_two_processes_equals_one_process_for_the_variant(tiny_params,
     assert type(second).__name__ == "LlamaForCausalLM" and second.lm_head.weight is second.model.embed_tokens.weight
     for (name, p), q in zip(first.state_dict().items(), second.state_dict().values()):
         torch.testing.assert_close(q, p, atol=2e-3, rtol=0, msg=name)
+
+
+def test_step_flops_equal_torch_flop_counter_on_the_variant():
+    # FlopCounterMode counts every matmul LlamaForCausalLM runs, forward and backward: SwiGLU's three
+    # matrices and GQA's narrower K and V (2 of 4 heads here) must be what flops.step_flops charges.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from gptpipe.train.flops import step_flops
+
+    # Eager attention: the counter sees its matmuls (on the CPU it counts no SDPA kernel at all).
+    model = AutoModelForCausalLM.from_config(build_scratch(TINY, seed=0).config, attn_implementation="eager")
+    x = ids(2, 16)
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=x).logits.sum().backward()
+    shape = ModelShape.from_config(model.config)
+    assert shape.kv_width == 16 and shape.ffw_size == 96
+    assert counter.get_total_flops() == step_flops(shape, [16, 16], 32)
