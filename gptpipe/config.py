@@ -18,9 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from gptpipe.errors import UserError
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "galore")
-# GPT-2 block projections LoRA may wrap (module-path suffixes; see gptpipe.models.lora).
-LORA_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "galore", "muon", "adafactor")
+# Block projections LoRA may wrap, per model.arch (module-path suffixes; see gptpipe.models.lora).
+ARCH_LORA_TARGETS = {"gpt2": ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"), "llama": (
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+    "mlp.down_proj")}
+LORA_TARGETS = ARCH_LORA_TARGETS["gpt2"] + ARCH_LORA_TARGETS["llama"]
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -125,20 +128,33 @@ class TokenizeConfig(Section):
 class ModelConfig(Section):
     # scratch: build the shape below and pretrain it here (base stage); pretrained: load `name`.
     init: Literal["scratch", "pretrained"] = "scratch"
+    # gpt2: GPT2LMHeadModel. llama: LlamaForCausalLM (RMSNorm, RoPE, SwiGLU, no biases, GQA through
+    # n_kv_head; gptpipe.models.architecture), scratch only: no hub weights of it at GPT-2 sizes.
+    arch: Literal["gpt2", "llama"] = "gpt2"
     # Hub id (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or an absolute local folder (pretrained).
     name: str = "gpt2"
     n_layer: PositiveInt = 2
     n_embd: PositiveInt = 128
     n_head: PositiveInt = 4
+    n_kv_head: PositiveInt | None = None  # llama: key/value heads (null = n_head); gpt2: null only
+    ffn_hidden: PositiveInt | None = None
     n_positions: PositiveInt = 256
     dropout: Fraction = 0.0
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> ModelConfig:
+    def _shape_is_buildable(self) -> ModelConfig:
         if self.n_embd % self.n_head:
-            raise ValueError(
-                f"n_head: {self.n_head} does not divide n_embd={self.n_embd}"
-            )
+            raise ValueError(f"n_head: {self.n_head} does not divide n_embd={self.n_embd}")
+        given = [k for k in ("n_kv_head", "ffn_hidden") if getattr(self, k) is not None]
+        if self.arch == "gpt2" and given:
+            raise ValueError(f"{given[0]}: {getattr(self, given[0])} applies to arch llama only; set it to null for gpt2")
+        if self.arch == "llama" and self.init == "pretrained":
+            raise ValueError("arch: llama is built from scratch only (no hub weights of its class at GPT-2 sizes); "
+                             "use init: scratch, or arch: gpt2")
+        if self.arch == "llama" and self.n_head % (self.n_kv_head or self.n_head):
+            raise ValueError(f"n_kv_head: {self.n_kv_head} does not divide n_head={self.n_head}")
+        if self.arch == "llama" and self.dropout:  # Llama drops attention probabilities only: it would mean less
+            raise ValueError(f"dropout: {self.dropout}; arch llama has no residual dropout here, use 0.0")
         return self
 
 
@@ -184,9 +200,7 @@ class LoopConfig(Section):
                 f"micro_batch_size={self.micro_batch_size}"
             )
         if self.warmup_steps >= self.max_steps:
-            raise ValueError(
-                f"warmup_steps: {self.warmup_steps} must be below max_steps={self.max_steps}"
-            )
+            raise ValueError(f"warmup_steps: {self.warmup_steps} must be below max_steps={self.max_steps}")
         return self
 
     @property
@@ -199,12 +213,12 @@ class LoraConfig(Section):
     rank: NonNegativeInt = 0
     alpha: PositiveFloat = 16.0  # the update is scaled by alpha / rank
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    targets: tuple[Literal[LORA_TARGETS], ...] = LORA_TARGETS  # type: ignore[valid-type]
+    targets: tuple[Literal[LORA_TARGETS], ...] = ARCH_LORA_TARGETS["gpt2"]  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _some_target(self) -> LoraConfig:
         if self.rank and not self.targets:
-            raise ValueError(f"targets: empty; choose from {', '.join(LORA_TARGETS)}")
+            raise ValueError(f"targets: empty; choose from the arch's projections ({', '.join(LORA_TARGETS)})")
         return self
 
 
@@ -370,12 +384,14 @@ class Params(Section):
     scaling: ScalingConfig = ScalingConfig()
 
     @model_validator(mode="after")
-    def _sequences_fit_model(self) -> Params:
+    def _sequences_and_adapters_fit_model(self) -> Params:
         if self.model.init == "scratch" and self.tokenize.max_length > self.model.n_positions:
-            raise ValueError(
-                f"tokenize.max_length: {self.tokenize.max_length} exceeds "
-                f"model.n_positions={self.model.n_positions}"
-            )
+            raise ValueError(f"tokenize.max_length: {self.tokenize.max_length} exceeds model.n_positions={self.model.n_positions}")
+        allowed = ARCH_LORA_TARGETS[self.model.arch]
+        for section, lora in (("train", self.train.lora), ("dpo", self.dpo.lora)):
+            if lora.rank and (wrong := [t for t in lora.targets if t not in allowed]):
+                raise ValueError(f"{section}.lora.targets: {', '.join(wrong)} are not model.arch={self.model.arch} "
+                                 f"projections; use some of {', '.join(allowed)}")
         return self
 
     @property
@@ -402,8 +418,8 @@ class Params(Section):
     def _optimizers_shard(self) -> Params:
         if self.shared.strategy == "fsdp":
             for section in self.trained_sections:
-                if getattr(self, section).optimizer == "galore":
-                    raise ValueError(f"{section}.optimizer: galore projects whole matrices, and shared.strategy: fsdp "
+                if (optimizer := getattr(self, section).optimizer) in ("galore", "muon"):  # whole-matrix maths
+                    raise ValueError(f"{section}.optimizer: {optimizer} needs whole matrices, and shared.strategy: fsdp "
                                      "gives each process a shard; use adamw there, or strategy: ddp")
         return self
 

@@ -39,7 +39,7 @@ def test_no_param_is_named_like_dvc_file_metadata():
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ({"train": {"optimizer": "bogus"}}, "train.optimizer: 'bogus': Input should be 'sgd', 'momentum', 'nesterov', 'adam', 'adamw' or 'galore'"),
+        ({"train": {"optimizer": "bogus"}}, "train.optimizer: 'bogus': Input should be 'sgd', 'momentum', 'nesterov', 'adam', 'adamw', 'galore', 'muon' or 'adafactor'"),
         ({"train": {"lr": -0.1}}, "train.lr: -0.1: Input should be greater than 0"),
         ({"train": {"optimiser": "sgd"}}, "train.optimiser: unknown key"),
         ({"tokenize": {"max_length": "long"}}, "tokenize.max_length: 'long'"),
@@ -70,7 +70,7 @@ def test_overrides_use_dotted_keys(tmp_path):
     path.write_text("{}\n")
     params = load_params(path, overrides={"train.optimizer": "sgd"})
     assert params.train.optimizer == "sgd"
-    assert set(OPTIMIZERS) == {"sgd", "momentum", "nesterov", "adam", "adamw", "galore"}
+    assert set(OPTIMIZERS) == {"sgd", "momentum", "nesterov", "adam", "adamw", "galore", "muon", "adafactor"}
 
 
 def test_config_objects_are_frozen():

@@ -13,8 +13,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
+from gptpipe.config import ARCH_LORA_TARGETS
 from gptpipe.models.lora import (
-    TARGETS,
     LoRALinear,
     apply_lora,
     load_adapter,
@@ -24,6 +24,7 @@ from gptpipe.models.lora import (
     trainable_parameters,
 )
 
+TARGETS = ARCH_LORA_TARGETS["gpt2"]  # lora.TARGETS is every arch's; these tests build GPT-2s
 N_LAYER, N_EMBD, VOCAB = 2, 32, 300
 RANK, ALPHA = 4, 8.0  # alpha != rank, so a wrong scaling (alpha/rank = 2) shows
 

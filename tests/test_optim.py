@@ -1,9 +1,13 @@
+import copy as copy_module
+
 import pytest
 import torch
 
 from gptpipe.config import OPTIMIZERS, LoopConfig
 from gptpipe.models.gpt2 import build_scratch
-from gptpipe.train.optim import DEFAULT_LR, build_optimizer, memory_split, theoretical_state_bytes
+from gptpipe.train.optim import (
+    DEFAULT_LR, MuonAdamW, build_optimizer, hidden_matrices, memory_split, theoretical_state_bytes,
+)
 from tiny import run_tiny
 
 
@@ -11,14 +15,24 @@ from tiny import run_tiny
 def test_optimizer_state_bytes_match_the_formula(name, tiny_params):
     model = build_scratch(tiny_params.model, seed=0)
     cfg = LoopConfig(optimizer=name, galore_rank=8)
-    optimizer = build_optimizer(model.parameters(), cfg)
+    hidden = hidden_matrices(model)
+    optimizer = build_optimizer(model.parameters(), cfg, hidden=hidden)
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     optimizer.step()
     measured = memory_split(model, optimizer)
     n = sum(p.numel() for p in model.parameters())
-    theory = theoretical_state_bytes(cfg, model.parameters())
-    if name == "galore":
+    theory = theoretical_state_bytes(cfg, model.parameters(), hidden=hidden)
+    tensors = len(list(model.parameters()))
+    if name == "muon":  # one momentum copy of the block matrices, AdamW's two (and a step each) of the rest
+        in_blocks = sum(p.numel() for p in model.transformer.h.parameters() if p.dim() == 2)
+        assert theory == 4 * in_blocks + 8 * (n - in_blocks) and 0 < in_blocks < n
+        assert measured["optimizer_state"] == theory + 4 * (tensors - len(hidden))
+    elif name == "adafactor":  # a row and a column per matrix (m + n values), a full vector per vector
+        values = sum(sum(p.shape) if p.dim() == 2 else p.numel() for p in model.parameters())
+        assert theory == 4 * values and theory < 0.05 * 4 * n
+        assert measured["optimizer_state"] == theory + 4 * tensors  # step counters
+    elif name == "galore":
         assert measured["optimizer_state"] - theory == pytest.approx(0, abs=4 * 64)  # step counters
         assert theory < 0.5 * 8 * n
     else:
@@ -50,3 +64,65 @@ def test_each_optimizer_lowers_the_test_loss_at_its_default_lr(name, tiny_params
     _, state, metrics = run_tiny(tiny_params, tokenized, tmp_path, cfg)
     assert metrics["lr"] == DEFAULT_LR[name]
     assert state.rows[-1]["test_loss"] < state.rows[0]["test_loss"] - 0.05
+
+
+def newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Keller Jordan's quintic iteration X <- a X + (b A + c A^2) X, A = X X^T, on the wide side, from
+    X = G / ||G||_F, in float64 (torch.optim.Muon computes it in bf16): near the orthogonal factor U V^T."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.double()
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    x = x / x.norm().clamp(min=1e-7)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).float()
+
+
+def test_muon_update_is_the_orthogonalised_nesterov_momentum_at_adamws_rms():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(6, 10))
+    bias = torch.nn.Parameter(torch.randn(10))
+    before = w.detach().clone()
+    opt = MuonAdamW([w], [{"params": [bias], "weight_decay": 0.0}], lr=0.01, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8)
+    g = torch.randn(6, 10)
+    w.grad, bias.grad = g.clone(), torch.randn(10)
+    opt.step()
+    # Step 1: buffer = (1 - mu) g; Nesterov: g.lerp(buffer, mu) = (1 - mu^2) g. NS is scale-free, so
+    # the update is NS(g), scaled by 0.2 sqrt(max(6, 10)) (match_rms_adamw).
+    update = (before - w.detach()) / (0.01 * 0.2 * 10**0.5)
+    # torch iterates in bf16 (8 bits of mantissa): each entry within 6e-2, on average within 1e-2.
+    error = (update - newton_schulz(g)).abs()
+    assert error.max() < 6e-2 and error.mean() < 1e-2
+    assert update.abs().mean() > 0.1  # entries of O(1 / sqrt(10)): the tolerance is a tenth of one
+    # The closed form is near-orthogonal: singular values of NS(g) lie in roughly [0.7, 1.2].
+    s = torch.linalg.svdvals(newton_schulz(g))
+    assert s.min() > 0.5 and s.max() < 1.3
+    assert opt.state[bias]["exp_avg"].shape == bias.shape  # the vector went to AdamW
+
+
+def test_muon_refuses_a_parameter_that_is_not_a_matrix_in_one_line():
+    with pytest.raises(ValueError, match=r"optimizer muon: a parameter of shape \(4,\) is not a 2-D matrix") as err:
+        MuonAdamW([torch.nn.Parameter(torch.zeros(4))], [], lr=0.01, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8)
+    assert "\n" not in str(err.value)
+
+
+def test_muon_state_round_trips_through_a_state_dict(tiny_params):
+    def muon(model):
+        return build_optimizer(model.parameters(), LoopConfig(optimizer="muon"), hidden=hidden_matrices(model))
+
+    def step(model, optimizer, seed):
+        for i, p in enumerate(model.parameters()):
+            p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(seed * 1000 + i))
+        optimizer.step()
+
+    model = build_scratch(tiny_params.model, seed=0)
+    optimizer = muon(model)
+    step(model, optimizer, 1)
+    copy = copy_module.deepcopy(model)
+    resumed = muon(copy)
+    resumed.load_state_dict(copy_module.deepcopy(optimizer.state_dict()))  # as a checkpoint holds it
+    step(model, optimizer, 2), step(copy, resumed, 2)
+    for (n, p), q in zip(model.named_parameters(), copy.parameters()):
+        assert torch.equal(q, p), n  # momentum and AdamW moments came back, in the right groups

@@ -66,9 +66,19 @@ def test_every_point_sets_keys_the_params_accept(tmp_path, monkeypatch):
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "data.json").write_text('{"train": {"pairs": 1000}}')
     (tmp_path / "params.yaml").write_text("shared:\n  seed: 1\n")
-    points = [*optimizer_points(), *lora_points(), *data_quality_points(), *scaling_points()]
+    from gptpipe.studies.architecture import architecture_points
+    from gptpipe.train.flops import count_params, ModelShape
+
+    points = [*optimizer_points(), *lora_points(), *data_quality_points(), *scaling_points(), *architecture_points()]
     for point in points:
         load_params(tmp_path / "params.yaml", overrides=point.overrides)
+    assert {"muon", "adafactor"} <= {p.label for p in optimizer_points()}
+    # GPT-2 and the variant at 1, 2, 4 queries per K/V head, within 2% of GPT-2's non-embedding parameters
+    arch = {p.label: load_params(tmp_path / "params.yaml", overrides=p.overrides).model for p in architecture_points()}
+    assert list(arch) == ["gpt2", "llama-q1", "llama-q2", "llama-q4"] and arch["llama-q4"].n_kv_head == 1
+    counts = {k: count_params(ModelShape(m.n_layer, m.n_embd, m.n_head, arch=m.arch, n_kv_head=m.n_kv_head,
+                                         ffn_hidden=m.ffn_hidden), include_embeddings=False) for k, m in arch.items()}
+    assert all(abs(n / counts["gpt2"] - 1) < 0.02 for n in counts.values()), counts
     ranks = {p.label: p.overrides for p in lora_points()}
     # the default train.lr (3e-3) is 3x AdamW's 1e-3, so every study lr is 3x its tuned value
     assert ranks["r8"] == {"train.lora.rank": 8, "train.lr": pytest.approx(3 * LORA_LR)}
@@ -177,6 +187,8 @@ def test_comparisons_name_the_pairs_each_study_decides_on():
     assert STUDIES["data-quality"].comparisons(["all", "top800", "top400", "random400"]) == [
         ("top400", "random400"), ("top800", "all"), ("top400", "all")]
     assert STUDIES["scaling"].comparisons(["2x64", "2x128", "4x128"]) == [("2x128", "2x64"), ("4x128", "2x128")]
+    assert STUDIES["architecture"].comparisons(["gpt2", "llama-q1", "llama-q2", "llama-q4"]) == [
+        ("llama-q1", "gpt2"), ("llama-q2", "llama-q1"), ("llama-q4", "llama-q1")]
     assert STUDIES["optimizers"].comparisons(["sgd"]) == []  # the reference failed: nothing to decide
 
 

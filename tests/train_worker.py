@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--strategy", default="ddp")
+    parser.add_argument("--arch", default="gpt2")
+    parser.add_argument("--n-kv-head", type=int, default=None)
     args = parser.parse_args()
 
     train_overrides = {"micro_batch_size": args.micro_batch_size, "optimizer": args.optimizer, "lr": args.lr}
@@ -44,6 +46,7 @@ def main() -> None:
     others = {s: {**TINY[s], "micro_batch_size": args.micro_batch_size} for s in ("base", "reward", "dpo")}
     overrides = {**TINY, **others, "train": {**TINY["train"], **train_overrides}, "shared": {
         "dtype": args.dtype, "strategy": args.strategy, "processes": int(os.environ.get("WORLD_SIZE", 1))}}
+    overrides["model"] = {**TINY.get("model", {}), "arch": args.arch, "n_kv_head": args.n_kv_head}
     params = parse_params(overrides)
     cfg, seed = params.train, params.shared.seed
     data = {s: lm_examples(read_arrow(args.tokenized / f"{s}.arrow"), "response", ("chosen",)) for s in ("train", "test")}

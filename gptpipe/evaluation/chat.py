@@ -74,5 +74,7 @@ def chat_loop(
 def run_chat(path: Path, stdin: TextIO, stdout: TextIO, sampling: Sampling, seed: int = 0) -> Conversation:
     model = load_model(path)  # a folder with no model: a one-line UserError
     cfg = model.config
-    print(f"{path}: GPT-2 {cfg.n_layer} layers x {cfg.n_embd}, {cfg.n_positions} positions", file=stdout)
+    arch = "GPT-2" if cfg.model_type == "gpt2" else cfg.model_type  # the names readers know
+    print(f"{path}: {arch} {cfg.num_hidden_layers} layers x {cfg.hidden_size}, {cfg.max_position_embeddings} positions",
+          file=stdout)
     return chat_loop(model, stdin, stdout, sampling, seed)

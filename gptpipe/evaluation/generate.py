@@ -215,11 +215,11 @@ def generate(
 
 
 def _prompt_room(model: PreTrainedModel, sampling: Sampling) -> int:
-    room = model.config.n_positions - sampling.max_new_tokens
+    room = model.config.max_position_embeddings - sampling.max_new_tokens
     if room < 1:
         raise UserError(
             f"max_new_tokens: {sampling.max_new_tokens} leaves no room for a prompt in the model's "
-            f"{model.config.n_positions} positions"
+            f"{model.config.max_position_embeddings} positions"
         )
     return room
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from gptpipe.config import ModelConfig
+from gptpipe.models.architecture import scratch_config
 from gptpipe.errors import UserError, first_line, reading
 from gptpipe.files import atomic_path
 from gptpipe.hub import unreachable_reason
@@ -20,25 +21,10 @@ class ModelUnreachable(UserError):
     """Pretrained weights that could not be loaded; the message names the offline alternative."""
 
 
-def scratch_config(cfg: ModelConfig) -> GPT2Config:
-    return GPT2Config(
-        vocab_size=50257,
-        n_positions=cfg.n_positions,
-        n_embd=cfg.n_embd,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        resid_pdrop=cfg.dropout,
-        embd_pdrop=cfg.dropout,
-        attn_pdrop=cfg.dropout,
-        bos_token_id=EOT_ID,
-        eos_token_id=EOT_ID,
-    )
-
-
-def build_scratch(cfg: ModelConfig, seed: int) -> GPT2LMHeadModel:
-    """A randomly initialised GPT-2 of the configured shape (transformers' own init, seeded)."""
+def build_scratch(cfg: ModelConfig, seed: int) -> PreTrainedModel:
+    """A randomly initialised model of the configured arch and shape (transformers' own init, seeded)."""
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(scratch_config(cfg))
+    return AutoModelForCausalLM.from_config(scratch_config(cfg, EOT_ID))
 
 
 def load_pretrained(name: str) -> PreTrainedModel:

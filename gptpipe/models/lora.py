@@ -22,14 +22,15 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from gptpipe.config import LoraConfig
+from gptpipe.config import LORA_TARGETS, LoraConfig
 from gptpipe.errors import reading
 from gptpipe.files import atomic_path
 
-# Suffixes of the projections in a GPT-2 block. c_attn is the fused q, k, v projection (d -> 3d): one
-# rank-r update shared by all three, unlike the paper's separate Wq and Wv updates (Section 4.2).
-# The paper adapts attention only (Section 7.1); the MLP targets are here for the rank studies.
-TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+# Suffixes of the projections in a block, per arch (gptpipe.config.ARCH_LORA_TARGETS). GPT-2's c_attn is
+# the fused q, k, v projection (d -> 3d): one rank-r update shared by all three, unlike the paper's
+# separate Wq and Wv updates (Section 4.2); llama's q, k, v are separate nn.Linear layers, as PEFT
+# names them. The paper adapts attention only (Section 7.1); the MLP targets are for the rank studies.
+TARGETS = LORA_TARGETS
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"

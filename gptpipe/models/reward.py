@@ -26,7 +26,6 @@ from tqdm import tqdm
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    GPT2ForSequenceClassification,
     PreTrainedModel,
 )
 
@@ -47,12 +46,12 @@ class RewardUnreachable(UserError):
 # -- the trained backend: GPT-2 with a scalar head ------------------------------------------------
 
 
-def reward_model_from(base: Path) -> GPT2ForSequenceClassification:
+def reward_model_from(base: Path) -> PreTrainedModel:
     """models/base's transformer with a fresh scalar head (transformers' own init)."""
     if not (base / "config.json").is_file():
         raise UserError(f"{base}: holds no saved model; run the base stage first (dvc repro base)")
     with reading(base, "saved model"):
-        model = GPT2ForSequenceClassification.from_pretrained(base, num_labels=1)
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
     # GPT-2 has no pad token; HF's own forward uses this one to find each row's last token.
     model.config.pad_token_id = EOT_ID
     return model
@@ -64,7 +63,7 @@ def sequence_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_
     The last token, not HF's "last non-pad token": our responses end with <|endoftext|>, which is
     also the id HF would take for padding, and it is the token that has seen the whole response.
     """
-    hidden = model.transformer(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     last = attention_mask.sum(dim=1) - 1
     picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     return model.score(picked).squeeze(-1).float()
@@ -103,7 +102,7 @@ class GPT2Scorer:
     def __init__(self, model: PreTrainedModel, name: str, batch_size: int, device: torch.device):
         self.model, self.name, self.batch_size, self.device = model.eval().to(device), name, batch_size, device
         self.speed = ScoringSpeed()
-        self.max_length = model.config.n_positions
+        self.max_length = model.config.max_position_embeddings
 
     def encode(self, prompt: str, response: str) -> LMExample:
         response_ids = (encode(response) + [EOT_ID])[: self.max_length - 1]
@@ -192,7 +191,7 @@ def load_scorer(folder: Path, batch_size: int, device: torch.device, max_length:
     with reading(folder, "reward model"):
         record = json.loads(marker.read_text())
         if record["backend"] == "trained":
-            model = GPT2ForSequenceClassification.from_pretrained(folder)
+            model = AutoModelForSequenceClassification.from_pretrained(folder)
             return GPT2Scorer(model, record["name"], batch_size, device)
         model = AutoModelForSequenceClassification.from_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -19,21 +19,21 @@ from gptpipe import figures as plots
 from gptpipe.config import SftConfig, load_params
 from gptpipe.train.optim import DEFAULT_LR, STATE_COPIES
 from gptpipe.errors import UserError
-from gptpipe.evaluation.stats import interval_text, proportion_interval
+from gptpipe.studies.columns import JUDGE_SFT, SFT_METRICS, SFT_SERIES, judged_columns
 from gptpipe.studies.runner import (
     Point, Result, collect, recorded_baseline, recorded_seeds, run_points, write_record, write_table,
+)
+from gptpipe.studies.architecture import (
+    architecture_comparisons, architecture_notes, architecture_points, architecture_table,
 )
 from gptpipe.studies.seeds import mean_over_seeds, seed_note, seeded_points
 from gptpipe.studies.verdicts import paired_verdict, read_judged, verdict_lines
 
-SFT_METRICS = "metrics/sft.json"
-SFT_SERIES = "plots/sft/loss.tsv"
-JUDGE_SFT = "metrics/judge/sft.json"
 TABLES = Path("plots/studies")
 RECORDS = Path("metrics/studies")
 MIB = 2**20
 
-OPTIMIZER_ORDER = ("sgd", "momentum", "nesterov", "adam", "adamw", "galore")
+OPTIMIZER_ORDER = ("sgd", "momentum", "nesterov", "adam", "adamw", "galore", "muon", "adafactor")
 LORA_RANKS = (1, 2, 4, 8, 16, 32)
 # Study learning rates: every point sets train.lr (-S). Each is its value on the embedded default
 # (a 2x128 GPT-2 pretrained here, train.lr null: each optimizer family at optim.DEFAULT_LR, full
@@ -96,22 +96,6 @@ def target_loss(results: list[Result]) -> float:
 def tokens_to_reach(series: pd.DataFrame, target: float) -> int | None:
     reached = series[series["test_loss"] <= target]
     return int(reached["tokens"].iloc[0]) if len(reached) else None
-
-
-def judged_columns(r: Result) -> dict[str, Any]:
-    """The SFT model's answers: exact accuracy (with its interval) and the sound-answer rate by the
-    judge-free labels, beside the judge's mean reward. Blank where the data has no ground truth."""
-    judge = r.metrics.get(JUDGE_SFT, {})
-    accuracy, answers = judge.get("exact_answer_accuracy"), judge.get("answers")
-    interval = None
-    if accuracy is not None and answers:  # from the rate, so records written before the interval was a metric have it
-        interval = interval_text(*proportion_interval(round(accuracy * answers), answers, judge["confidence"]))
-    return {
-        "exact_answer_accuracy": accuracy,
-        "exact_ci": interval,
-        "sound_rate": (judge.get("labels") or {}).get("sound"),
-        "sft_reward": judge.get("mean_reward"),
-    }
 
 
 def optimizer_table(results: list[Result]) -> pd.DataFrame:
@@ -394,6 +378,9 @@ STUDIES = {
                           data_quality_comparisons),
     "scaling": Study("scaling", scaling_points, scaling_table, scaling_notes,
                      "SFT test loss by model size", successive),
+    "architecture": Study("architecture", architecture_points, architecture_table, architecture_notes,
+                          "SFT test loss: GPT-2 against the llama variant by query heads per K/V head",
+                          architecture_comparisons),
     "seeds": Study("seeds", recipe_points, recipe_table, recipe_notes, "SFT test loss: the default recipe by seed",
                    lambda labels: [], target="evaluate", model_comparisons=(("sft", "base"), ("dpo", "sft")),
                    rows_per_seed=True),

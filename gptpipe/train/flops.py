@@ -32,13 +32,20 @@ MLP_EXPANSION = 4
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The hyper-parameters of a GPT-2 that decide its parameter and FLOP counts."""
+    """The hyper-parameters of a GPT-2 (or the llama variant) that decide its parameter and FLOP counts.
+
+    llama (LlamaForCausalLM, tied head): no biases, RMSNorm (a weight only), RoPE (no position
+    table), SwiGLU (three d x ffn_hidden matrices) and n_kv_head key/value heads (K and V d -> d kv/h).
+    """
 
     n_layer: int
     n_embd: int
     n_head: int
     vocab_size: int = 50257
     n_positions: int = 1024
+    arch: str = "gpt2"
+    n_kv_head: int | None = None  # llama: None = n_head
+    ffn_hidden: int | None = None  # llama: its SwiGLU width (required there)
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions"):
@@ -46,10 +53,20 @@ class ModelShape:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.arch == "llama" and self.ffn_hidden is None:
+            raise ValueError("a llama shape needs its ffn_hidden")
+        if self.n_head % self.kv_heads:
+            raise ValueError(f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head})")
 
     @classmethod
     def from_config(cls, config: Any) -> ModelShape:
-        """Read the shape from a ``GPT2Config`` (or anything with its attribute names)."""
+        """Read the shape from a ``GPT2Config`` or ``LlamaConfig`` (or anything with their names)."""
+        if getattr(config, "model_type", "gpt2") == "llama":
+            return cls(
+                n_layer=config.num_hidden_layers, n_embd=config.hidden_size, n_head=config.num_attention_heads,
+                vocab_size=config.vocab_size, n_positions=config.max_position_embeddings, arch="llama",
+                n_kv_head=config.num_key_value_heads, ffn_hidden=config.intermediate_size,
+            )
         n_inner = getattr(config, "n_inner", None)
         if n_inner is not None and n_inner != MLP_EXPANSION * config.n_embd:
             # Every count below assumes the standard 4x MLP; refuse rather than miscount.
@@ -64,7 +81,16 @@ class ModelShape:
 
     @property
     def ffw_size(self) -> int:
-        return MLP_EXPANSION * self.n_embd
+        return self.ffn_hidden if self.arch == "llama" else MLP_EXPANSION * self.n_embd
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def kv_width(self) -> int:
+        """Width of K (and of V): d for GPT-2, d * n_kv_head / n_head under grouped-query attention."""
+        return self.n_embd // self.n_head * self.kv_heads
 
 
 # The four released OpenAI GPT-2 checkpoints (Radford et al. 2019, Table 2; HF model cards).
@@ -81,24 +107,29 @@ GPT2_SHAPES: dict[str, ModelShape] = {
 
 def _embedding_params(shape: ModelShape) -> int:
     # Token embedding wte (V x d) and learned positions wpe (n_positions x d). The LM head is
-    # tied to wte in GPT2LMHeadModel, so it adds no parameters of its own.
-    return (shape.vocab_size + shape.n_positions) * shape.n_embd
+    # tied to wte in GPT2LMHeadModel, so it adds no parameters of its own. llama: RoPE has no table.
+    positions = 0 if shape.arch == "llama" else shape.n_positions
+    return (shape.vocab_size + positions) * shape.n_embd
 
 
 def _matmul_params_per_layer(shape: ModelShape) -> int:
     # c_attn d->3d, attn c_proj d->d, mlp c_fc d->4d, mlp c_proj 4d->d: 12 d^2 (Kaplan Table 1).
     d = shape.n_embd
+    if shape.arch == "llama":  # q and o d->d, k and v d->kv_width; SwiGLU gate, up d->f, down f->d
+        return 2 * d * d + 2 * d * shape.kv_width + 3 * d * shape.ffw_size
     return 3 * d * d + d * d + 2 * d * shape.ffw_size
 
 
 def _bias_and_norm_params_per_layer(shape: ModelShape) -> int:
     # Biases 3d + d + 4d + d, plus ln_1 and ln_2 (weight and bias each): 13 d.
     d = shape.n_embd
+    if shape.arch == "llama":
+        return 2 * d  # no biases; input and post-attention RMSNorm weights
     return 3 * d + d + shape.ffw_size + d + 2 * 2 * d
 
 
 def _final_norm_params(shape: ModelShape) -> int:
-    return 2 * shape.n_embd  # ln_f weight and bias
+    return shape.n_embd if shape.arch == "llama" else 2 * shape.n_embd  # RMSNorm weight; ln_f weight and bias
 
 
 def count_params(shape: ModelShape, *, include_embeddings: bool = True) -> int:

@@ -27,7 +27,9 @@ from gptpipe.config import LoopConfig
 from gptpipe.errors import UserError
 from gptpipe.train.runtime import Runtime, autocast, checkpoint_bodies, compile_bodies
 from gptpipe.train.checkpoint import load_checkpoint, save_checkpoint
-from gptpipe.train.optim import build_optimizer, learning_rate, memory_split, theoretical_state_bytes
+from gptpipe.train.optim import (
+    build_optimizer, hidden_matrices, learning_rate, memory_split, theoretical_state_bytes,
+)
 from gptpipe.train.sharding import scalar, shard
 
 
@@ -61,7 +63,7 @@ def train(
         checkpoint_bodies(objective)
     if runtime.sharded:  # before the optimizer, which then holds (and updates) this rank's shards only
         shard(objective)
-    optimizer = build_optimizer(objective.parameters(), cfg)
+    optimizer = build_optimizer(objective.parameters(), cfg, hidden=hidden_matrices(objective))
     # fp16 gradients underflow without loss scaling; for fp32 and bf16 the scaler passes through.
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.autocast_dtype == torch.float16)
     state = RunState()
@@ -269,7 +271,7 @@ def _memory_report(memory: dict[str, int], cfg: LoopConfig, objective: nn.Module
     return {
         **{f"{k}_bytes": v for k, v in memory.items()},
         "optimizer_state_bytes_theory": theoretical_state_bytes(
-            cfg, (p for p in objective.parameters() if p.requires_grad)
+            cfg, (p for p in objective.parameters() if p.requires_grad), hidden=hidden_matrices(objective)
         ),
         f"{peak_name}_bytes": peak,
         "rest_bytes": max(0, peak - tensors),

@@ -27,13 +27,15 @@ import functools
 from dataclasses import dataclass, replace
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM
 
-from gptpipe.config import LoopConfig, LoraConfig, Params
+from gptpipe.config import LoopConfig, LoraConfig, ModelConfig, Params
+from gptpipe.data.tokenizer import EOT_ID
 from gptpipe.errors import UserError
+from gptpipe.models.architecture import blocks, ffn_width, scratch_config
 from gptpipe.models.lora import add_lora
 from gptpipe.train.flops import ModelShape
-from gptpipe.train.optim import theoretical_state_bytes
+from gptpipe.train.optim import hidden_matrices, theoretical_state_bytes
 
 ACTIVATION_BYTES_PER_WIDTH = 87  # per token, layer and unit of n_embd (bf16 autocast)
 ACTIVATION_BYTES_BASE = 2_900
@@ -112,7 +114,9 @@ def jobs(params: Params) -> list[Job]:
 
     m, dtype, length = params.model, params.shared.dtype, params.tokenize.max_length
     if m.init == "scratch":
-        label, shape = f"{m.n_layer}x{m.n_embd}", ModelShape(m.n_layer, m.n_embd, m.n_head, n_positions=m.n_positions)
+        shape = ModelShape(m.n_layer, m.n_embd, m.n_head, n_positions=m.n_positions, arch=m.arch,
+                           n_kv_head=m.n_kv_head, ffn_hidden=ffn_width(m) if m.arch == "llama" else None)
+        label = f"{m.n_layer}x{m.n_embd}" + ("" if m.arch == "gpt2" else f" {m.arch}")
     else:
         label, shape = m.name, scaling_shape(m.name, params.scaling.head_dim)
     shards = params.shared.processes if params.shared.strategy == "fsdp" else 1  # the distributed stages
@@ -133,13 +137,13 @@ def jobs(params: Params) -> list[Job]:
 
 def model_bytes(job: Job) -> dict[str, int]:
     """Parameters, gradients, optimizer state and bf16 copies, counted on the model built on meta."""
-    params, trainable, block = _meta_parameters(job.shape, job.lora.model_dump_json())
+    params, trainable, block, hidden = _meta_parameters(job.shape, job.lora.model_dump_json())
     n_all, n_trainable = sum(p.numel() for p in params), sum(p.numel() for p in trainable)
     copies = 2 if job.frozen_copy else 1
     parts = {
         "parameters": 4 * n_all * copies // job.shards,  # fp32 master weights
         "gradients": 4 * n_trainable // job.shards,
-        "optimizer_state": theoretical_state_bytes(job.loop, trainable) // job.shards,
+        "optimizer_state": theoretical_state_bytes(job.loop, trainable, hidden=hidden) // job.shards,
         # Autocast's bf16 copy of every weight a matmul reads, kept for the backward pass: cached for
         # trainable weights, saved by autograd for frozen ones (LoRA: measured 2% under this).
         "bf16_copies": 2 * n_all if job.dtype != "float32" else 0,  # bf16 or fp16: 2 bytes
@@ -155,19 +159,20 @@ def model_bytes(job: Job) -> dict[str, int]:
 
 
 @functools.lru_cache(maxsize=64)
-def _meta_parameters(shape: ModelShape, lora_json: str) -> tuple[list, list, int]:
-    """The model's parameters on the meta device (real code, no memory), its trainable ones, and one
-    block's parameter count. Cached: plans try many settings of the same model."""
-    config = GPT2Config(
-        vocab_size=shape.vocab_size, n_positions=shape.n_positions, n_embd=shape.n_embd,
-        n_layer=shape.n_layer, n_head=shape.n_head,
-    )
+def _meta_parameters(shape: ModelShape, lora_json: str) -> tuple[list, list, int, list]:
+    """The model's parameters on the meta device (real code, no memory), its trainable ones, one
+    block's parameter count and its hidden matrices (Muon's). Cached: plans try many settings."""
+    config = scratch_config(ModelConfig(
+        arch=shape.arch, n_layer=shape.n_layer, n_embd=shape.n_embd, n_head=shape.n_head,
+        n_kv_head=shape.n_kv_head, ffn_hidden=shape.ffn_hidden, n_positions=shape.n_positions,
+    ), EOT_ID)
+    config.vocab_size = shape.vocab_size
     with torch.device("meta"):
-        model = GPT2LMHeadModel(config)
+        model = AutoModelForCausalLM.from_config(config)
         add_lora(model, LoraConfig.model_validate_json(lora_json), 0)
     params = list(model.parameters())
-    block = sum(p.numel() for p in model.transformer.h[0].parameters())
-    return params, [p for p in params if p.requires_grad], block
+    block = sum(p.numel() for p in blocks(model.base_model)[0].parameters())
+    return params, [p for p in params if p.requires_grad], block, hidden_matrices(model)
 
 
 def need(job: Job, micro_batch_size: int, checkpointing: bool) -> Need:

@@ -25,13 +25,14 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
+from gptpipe.models.architecture import blocks
 from gptpipe.train.runtime import transformer_bodies
 
 
 def shard(objective: nn.Module) -> None:
-    """fully_shard each GPT-2 block inside `objective`, then the objective itself (the root)."""
+    """fully_shard each decoder block (GPT2Block, LlamaDecoderLayer) inside `objective`, then the objective itself (the root)."""
     for body in transformer_bodies(objective):
-        for block in body.h:
+        for block in blocks(body):
             fully_shard(block)
     fully_shard(objective)
 
