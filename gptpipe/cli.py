@@ -348,6 +348,27 @@ def chat(
         _fail(err)
 
 
+@app.command("plots-template")
+def plots_template(
+    local: Annotated[bool, typer.Option("--config/--no-config", help="Also set this checkout's `dvc config --local plots.html_template`.")] = True,
+) -> None:
+    """Write the offline page for `dvc plots show` / `dvc plots diff` (vega inline, no CDN) and point DVC at it."""
+    from gptpipe.report.plots_template import TEMPLATE_PATH, write_template
+
+    try:
+        path = write_template(TEMPLATE_PATH)
+    except UserError as err:
+        _fail(err)
+    if local:
+        # DVC reads a relative html_template from .dvc/, so the value climbs out of it.
+        status = subprocess.call(["dvc", "config", "--local", "plots.html_template", f"../{path}"])
+        if status:
+            raise typer.Exit(status)
+        typer.echo(f"{path}: written; `dvc plots show` and `dvc plots diff` use it (dvc config --local plots.html_template)")
+    else:
+        typer.echo(f"{path}: written; use `dvc plots show --html-template {path}`")
+
+
 @bench_app.command("sft")
 def bench_sft(
     params: ParamsOption = Path("params.yaml"),
