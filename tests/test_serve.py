@@ -152,3 +152,26 @@ def test_the_page_is_served_and_names_the_model(base_url):
     with urllib.request.urlopen(base_url, timeout=10) as response:
         page = response.read().decode()
     assert f"<h1>{NAME}</h1>" in page and "http" not in page.split("<script>")[1]  # nothing fetched from elsewhere
+
+
+def test_streamed_pieces_never_show_what_the_stop_rules_cut():
+    """Tokens split a stop ("\\n\\nHuman:") and characters (an emoji's bytes) across tokens: what is
+    streamed before the end is only text the final answer keeps."""
+    from gptpipe.evaluation.generate import answer_of
+    from gptpipe.evaluation.serve import _Shown
+
+    ids = encode("Sure 🙂 here\n\nHu") + encode("man: and more")
+    shown, pieces = _Shown(), []
+    for token in ids:
+        pieces.append(shown.add(token))
+    final = answer_of(ids, "human").text
+    assert final == "Sure 🙂 here"
+    assert "".join(pieces) == final and "\ufffd" not in "".join(pieces)
+    assert len([p for p in pieces if p]) > 1
+
+
+def test_generates_hook_hears_each_token_as_picked(model):
+    heard = []
+    answer = generate(model, [encode("\n\nHuman: hi\n\nAssistant:")], GREEDY, [0], 1,
+                      on_token=lambda i, t: heard.append((i, t))).answers[0]
+    assert heard == [(0, t) for t in answer.ids]

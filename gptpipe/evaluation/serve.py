@@ -10,8 +10,8 @@ Generation runs on worker threads behind a semaphore (the model is CPU/GPU-bound
 only share the cores), so the event loop keeps answering `/v1/models` and rejecting bad requests
 while one is generated. Every request is bounded before any work: body bytes, messages, max_tokens.
 
-TODO: `stream: true` sends the answer as server-sent events once it is generated (one event per
-token), not as each token is made: that needs a per-token hook in generate's decode loop.
+`stream: true` sends each piece of text as the decode loop makes it (generate's on_token hook),
+holding back only bytes that may yet turn out to be a stop or half a character.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from transformers import PreTrainedModel
 
 from gptpipe.data.hh import ASSISTANT, HUMAN
-from gptpipe.data.tokenizer import encode, gpt2_encoding
-from gptpipe.evaluation.generate import Answer, Sampling, generate, prompt_seed
+from gptpipe.data.tokenizer import EOT_ID, encode, gpt2_encoding
+from gptpipe.evaluation.generate import STOP_TEXT, Answer, Sampling, generate, prompt_seed
 from gptpipe.evaluation.serve_page import PAGE
 
 FINISH = {"eot": "stop", "human": "stop", "length": "length"}  # our stop reasons in OpenAI's words
@@ -132,24 +132,41 @@ def _error(err: BadRequest) -> JSONResponse:
     return JSONResponse({"error": {"message": err.message, "type": kind, "param": err.param, "code": err.code}}, err.status)
 
 
-def _chunks(answer: Answer) -> list[str]:
-    """The answer's text one token at a time (bytes held back until they decode as UTF-8)."""
-    pieces, pending, text = [], b"", ""
-    for token in answer.ids:
-        pending += gpt2_encoding().decode_single_token_bytes(token)
-        try:
-            piece = pending.decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-        pending = b""
-        if answer.text.startswith(text + piece):
-            pieces.append(piece)
-            text += piece
-        else:  # the cut before "\n\nHuman:" or the end-of-text: the rest of the text, then stop
-            break
-    if text != answer.text:  # what the token walk could not place (a stop mid-token, bad bytes)
-        pieces.append(answer.text[len(text):])
-    return [p for p in pieces if p]
+class _Shown:
+    """The part of an answer that is sure to stay as tokens arrive: decoded UTF-8 up to the last whole
+    character, cut at "\n\nHuman:", holding back a tail that may yet begin it (answer_of's rules)."""
+
+    def __init__(self) -> None:
+        self.data, self.sent = b"", ""
+
+    def add(self, token: int) -> str:
+        if token == EOT_ID:
+            return ""
+        self.data += gpt2_encoding().decode_single_token_bytes(token)
+        cut = self.data.find(STOP_TEXT)
+        data = self.data[:cut] if cut >= 0 else self.data[: len(self.data) - _stop_prefix(self.data)]
+        text = data.decode("utf-8", errors="ignore") if _whole(data) else data[: _last_whole(data)].decode("utf-8", errors="ignore")
+        if not text.startswith(self.sent) or len(text) <= len(self.sent):
+            return ""
+        piece, self.sent = text[len(self.sent):], text
+        return piece
+
+
+def _stop_prefix(data: bytes) -> int:
+    """The longest tail of data that is a beginning of "\n\nHuman:"."""
+    return next((n for n in range(min(len(STOP_TEXT) - 1, len(data)), 0, -1) if data.endswith(STOP_TEXT[:n])), 0)
+
+
+def _whole(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _last_whole(data: bytes) -> int:
+    return next((n for n in range(len(data), max(len(data) - 4, 0) - 1, -1) if _whole(data[:n])), 0)
 
 
 def create_app(model: PreTrainedModel, name: str, defaults: Sampling, limits: Limits) -> FastAPI:
@@ -157,13 +174,14 @@ def create_app(model: PreTrainedModel, name: str, defaults: Sampling, limits: Li
     busy = asyncio.Semaphore(limits.concurrency)
     created = int(time.time())
 
-    async def answer(req: ChatRequest) -> Answer:
+    async def answer(req: ChatRequest, on_token=None) -> Answer:
         prompt = encode(hh_prompt(req.messages))
         turns = sum(m.role == "assistant" for m in req.messages)
         seed = prompt_seed(req.seed or 0, str(turns))  # chat's per-exchange seed
         sampling = _sampling(req, defaults, limits)
         async with busy:
-            return (await asyncio.to_thread(generate, model, [prompt], sampling, [seed], 1)).answers[0]
+            run = lambda: generate(model, [prompt], sampling, [seed], 1, on_token=on_token)  # noqa: E731
+            return (await asyncio.to_thread(run)).answers[0]
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
@@ -180,27 +198,37 @@ def create_app(model: PreTrainedModel, name: str, defaults: Sampling, limits: Li
             _check(req, name, limits)
         except BadRequest as err:
             return _error(err)
-        reply = await answer(req)
         ident = f"chatcmpl-{uuid.uuid4().hex}"
         head = {"id": ident, "created": int(time.time()), "model": name}
+        if req.stream:
+            return StreamingResponse(_events(req, head, answer), media_type="text/event-stream")
+        reply = await answer(req)
         usage = {"prompt_tokens": len(encode(hh_prompt(req.messages))), "completion_tokens": reply.tokens}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        if not req.stream:
-            return {**head, "object": "chat.completion", "usage": usage, "choices": [{
-                "index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": FINISH[reply.stopped]}]}
-
-        def event(delta: dict, finish: str | None = None) -> str:
-            chunk = {**head, "object": "chat.completion.chunk",
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-            return f"data: {json.dumps(chunk)}\n\n"
-
-        def events():
-            yield event({"role": "assistant", "content": ""})
-            for piece in _chunks(reply):
-                yield event({"content": piece})
-            yield event({}, FINISH[reply.stopped])
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return {**head, "object": "chat.completion", "usage": usage, "choices": [{
+            "index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": FINISH[reply.stopped]}]}
 
     return app
+
+
+async def _events(req: ChatRequest, head: dict, answer):
+    """Server-sent events: each piece of text as the decode loop makes it (heard from the worker
+    thread through a queue), then whatever the final answer adds, the finish reason and [DONE]."""
+
+    def event(delta: dict, finish: str | None = None) -> str:
+        chunk = {**head, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    loop, pieces, shown = asyncio.get_running_loop(), asyncio.Queue(), _Shown()
+    heard = lambda _row, token: loop.call_soon_threadsafe(pieces.put_nowait, shown.add(token))  # noqa: E731
+    task = asyncio.ensure_future(answer(req, heard))
+    task.add_done_callback(lambda _: pieces.put_nowait(None))
+    yield event({"role": "assistant", "content": ""})
+    while (piece := await pieces.get()) is not None:
+        if piece:
+            yield event({"content": piece})
+    reply = task.result()
+    if reply.text[len(shown.sent):]:  # a tail held back that the stop rules kept after all
+        yield event({"content": reply.text[len(shown.sent):]})
+    yield event({}, FINISH[reply.stopped])
+    yield "data: [DONE]\n\n"
