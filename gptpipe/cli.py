@@ -352,6 +352,58 @@ def chat(
         _fail(err)
 
 
+@app.command("plots-template")
+def plots_template(
+    local: Annotated[bool, typer.Option("--config/--no-config", help="Also set this checkout's `dvc config --local plots.html_template`.")] = True,
+) -> None:
+    """Write the offline page for `dvc plots show` / `dvc plots diff` (vega inline, no CDN) and point DVC at it."""
+    from gptpipe.report.plots_template import TEMPLATE_PATH, write_template
+
+    try:
+        path = write_template(TEMPLATE_PATH)
+    except UserError as err:
+        _fail(err)
+    if local:
+        # DVC reads a relative html_template from .dvc/, so the value climbs out of it.
+        status = subprocess.call(["dvc", "config", "--local", "plots.html_template", f"../{path}"])
+        if status:
+            raise typer.Exit(status)
+        typer.echo(f"{path}: written; `dvc plots show` and `dvc plots diff` use it (dvc config --local plots.html_template)")
+    else:
+        typer.echo(f"{path}: written; use `dvc plots show --html-template {path}`")
+
+
+@app.command()
+def serve(
+    path: Annotated[Path, typer.Argument(help="A saved model folder, e.g. models/sft.")],
+    host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    name: Annotated[str | None, typer.Option(help="The model id clients send (default: the folder's name).")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests generated at once; the rest wait.")] = 1,
+    max_tokens: Annotated[int, typer.Option(min=1, help="The most new tokens a request may ask for.")] = 256,
+    temperature: Annotated[float, typer.Option(help="Default when a request names none; 0 = greedy.")] = GenerateConfig().temperature,
+    top_p: Annotated[float, typer.Option(help="Default nucleus mass; 1 = off.")] = GenerateConfig().top_p,
+    top_k: Annotated[int, typer.Option(help="0 = off (OpenAI's API has no top_k; this one applies to all).")] = GenerateConfig().top_k,
+) -> None:
+    """An OpenAI-compatible API (/v1/chat/completions, streaming; /v1/models) and a chat page at /."""
+    import uvicorn
+    from transformers.utils import logging as hf_logging
+
+    from gptpipe.evaluation.generate import Sampling
+    from gptpipe.evaluation.serve import Limits, create_app
+    from gptpipe.models.gpt2 import load_model
+
+    hf_logging.disable_progress_bar()
+    try:
+        defaults = Sampling(min(GenerateConfig().max_new_tokens, max_tokens), temperature, top_p, top_k)
+        model = load_model(path)
+    except UserError as err:
+        _fail(err)
+    served = name or path.resolve().name
+    typer.echo(f"{path}: serving as {served!r} on http://{host}:{port}/ (OpenAI API at /v1)")
+    uvicorn.run(create_app(model, served, defaults, Limits(max_tokens=max_tokens, concurrency=concurrency)), host=host, port=port)
+
+
 @bench_app.command("sft")
 def bench_sft(
     params: ParamsOption = Path("params.yaml"),

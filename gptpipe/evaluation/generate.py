@@ -26,7 +26,7 @@ import hashlib
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -189,8 +189,11 @@ def generate(
     batch_size: int = 32,
     progress: bool = False,
     desc: str = "generate",
+    on_token: Callable[[int, int], None] | None = None,
 ) -> Generation:
-    """Answer every prompt (token ids); seeds[i] seeds prompt i's sampling (default: 0, 1, 2 …)."""
+    """Answer every prompt (token ids); seeds[i] seeds prompt i's sampling (default: 0, 1, 2 …).
+    on_token(i, token), if given, hears each new token of prompt i as it is picked (`gptpipe serve`
+    streams with it)."""
     seeds = list(range(len(prompts))) if seeds is None else list(seeds)
     if len(seeds) != len(prompts):
         raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
@@ -205,7 +208,8 @@ def generate(
     with torch.inference_mode(), tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt") as bar:
         for at in range(0, len(order), batch_size):
             batch = order[at : at + batch_size]
-            done = _generate_batch(model, [prompts[i] for i in batch], sampling, [seeds[i] for i in batch])
+            heard = None if on_token is None else (lambda row, token, batch=batch: on_token(batch[row], token))
+            done = _generate_batch(model, [prompts[i] for i in batch], sampling, [seeds[i] for i in batch], heard)
             for i, answer in zip(batch, done, strict=True):
                 answers[i] = answer
             bar.update(len(batch))
@@ -225,7 +229,8 @@ def _prompt_room(model: PreTrainedModel, sampling: Sampling) -> int:
 
 
 def _generate_batch(
-    model: PreTrainedModel, prompts: list[list[int]], sampling: Sampling, seeds: list[int]
+    model: PreTrainedModel, prompts: list[list[int]], sampling: Sampling, seeds: list[int],
+    on_token: Callable[[int, int], None] | None = None,
 ) -> list[Answer]:
     device = next(model.parameters()).device
     ids, mask = _left_pad(prompts, device)
@@ -244,6 +249,8 @@ def _generate_batch(
         keep = []
         for j, (row, token) in enumerate(zip(live, picked, strict=True)):
             new[row].append(token)
+            if on_token is not None:
+                on_token(row, token)
             reason = stop_reason(new[row], sampling.max_new_tokens)
             if reason is None:
                 keep.append(j)
