@@ -4,8 +4,7 @@ Everything is checked once, before any work: an unknown key, a wrong type, a val
 an unknown choice is a `ParamsError` whose one line names the key, the value and what is allowed.
 The defaults below are mirrored in `params.yaml`; nothing further down repeats them.
 
-pydantic (already installed as a dependency of dvc) does the type coercion: PyYAML reads `1e-4` as
-the string '1e-4' (DVC-NOTES 4), and a float field turns it into 0.0001 instead of failing later.
+pydantic (a dvc dependency) coerces types: PyYAML reads `1e-4` as a string (DVC-NOTES 4), a float field fixes it.
 """
 
 from __future__ import annotations
@@ -75,11 +74,9 @@ class SyntheticConfig(Section):
 
 class DataConfig(Section):
     source: Literal["synthetic", "dir", "hf"] = "synthetic"
-    # Record format of dir/hf files: auto (told by the fields of the first record) or stated; see
-    # gptpipe.data.formats. Formats without a rejected response feed SFT only.
+    # Record format of dir/hf files, told by the first record's fields or stated (data/formats.py)
     format: Literal["auto", "hh", "prompt-completion", "preference", "messages", "alpaca", "sharegpt"] = "auto"
-    # HH-RLHF division: helpful-base, harmless-base, helpful-online, helpful-rejection-sampled.
-    # A folder name (it is joined to data.dir and sent to the hub as data_dir), never a path.
+    # HH-RLHF division (helpful-base, harmless-base, ...): a folder name under data.dir / the hub's data_dir
     division: str = "helpful-base"
     # Absolute path of a folder in the hub layout <division>/{train,test}.jsonl[.gz] (source: dir).
     # Absolute, because dvc exp runs stages in a copy of the repo (DVC-NOTES 2).
