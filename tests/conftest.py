@@ -12,6 +12,15 @@ from pathlib import Path
 # python -m pytest runs the suite as the pipeline runs.
 os.environ.setdefault("GPTPIPE_KERNELS", "native")
 
+# The suite runs on pytest-xdist workers (`-n auto` in pyproject.toml): much of its time is
+# single-threaded (importing torch in each stage's process, DVC's own Python, tiny models whose
+# matmuls do not split well), so workers side by side finish sooner than one worker with every core.
+# Each worker gets its share of the cores, and so do the stage processes it starts (they inherit
+# the variable), so the workers never oversubscribe the host. No assertion depends on the count.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: E402
@@ -34,6 +43,15 @@ def hh_dir() -> Path:
     if not (HH_DIR / "harmless-base" / "test.jsonl.gz").is_file():
         pytest.skip(f"the real HH files are not at {HH_DIR} (set GPTPIPE_SHARED)")
     return HH_DIR
+
+
+def pytest_collection_modifyitems(items):
+    # `--dist loadgroup` sends each group to one worker: a module's tests stay together, so its
+    # module-scoped fixtures (a trained judge, a running server) are built once, and every test on
+    # the shared `dvc repro` project joins one group, so that project is built once, not per worker.
+    for item in items:
+        shares_project = "repro_project" in getattr(item, "fixturenames", ())
+        item.add_marker(pytest.mark.xdist_group("repro_project" if shares_project else item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(scope="session")
