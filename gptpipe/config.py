@@ -241,8 +241,8 @@ class SftConfig(LoopConfig):
     eval_every: PositiveInt = 250
     checkpoint_every: PositiveInt = 200
 
-    # Loss on the response tokens only (prompt masked), or on every token (the course's way).
-    loss_on: Literal["response", "all"] = "response"
+    # Loss on the response only (prompt masked), also the prompt's earlier assistant turns, or all tokens.
+    loss_on: Literal["response", "assistant_turns", "all"] = "response"
     lora: LoraConfig = LoraConfig()
 
 

@@ -8,7 +8,8 @@ from gptpipe import figures as plots
 from gptpipe.config import SftConfig, SharedConfig, load_params
 from gptpipe.data.batches import lm_examples
 from gptpipe.data.subsets import sound_test_pairs
-from gptpipe.data.tokenizer import read_arrow
+from gptpipe.data.tokenizer import encode, read_arrow
+from gptpipe.data.turns import TurnMarkers
 from gptpipe.entry import run_stage
 from gptpipe.files import write_json, write_tsv
 from gptpipe.models.gpt2 import load_model
@@ -27,7 +28,8 @@ def run(shared: SharedConfig, train: SftConfig, subset: Path, tokenized: Path, r
     sound = sound_test_pairs(tables["test"], raw_test) if raw_test is not None else None
     if sound is not None:
         tables["test_sound"] = sound
-    data = {name: lm_examples(t, train.loss_on, ("chosen",)) for name, t in tables.items()}
+    markers = TurnMarkers.encoded_by(encode)
+    data = {name: lm_examples(t, train.loss_on, ("chosen",), markers) for name, t in tables.items()}
     model = load_model(base)
     add_lora(model, train.lora, shared.seed)
     inputs = [subset, tokenized / "test.arrow", *([raw_test] if raw_test else []), *sorted(base.glob("*.safetensors"))]

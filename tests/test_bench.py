@@ -56,7 +56,7 @@ def tokenized(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("loss_on", ["response", "all"])
+@pytest.mark.parametrize("loss_on", ["response", "assistant_turns", "all"])
 def test_hf_batch_holds_gptpipe_batch(tokenized: Path, loss_on: str) -> None:
     """HF's collated labels mask exactly the positions gptpipe's loss skips; padding aside, same ids."""
     examples = sft_examples(tokenized, loss_on)
@@ -71,7 +71,7 @@ def test_hf_batch_holds_gptpipe_batch(tokenized: Path, loss_on: str) -> None:
     assert [as_example(hf_features(e)) for e in batch] == batch  # the replay gets back the examples
 
 
-@pytest.mark.parametrize("loss_on", ["response", "all"])
+@pytest.mark.parametrize("loss_on", ["response", "assistant_turns", "all"])
 def test_loss_and_gradients_match_hf_on_identical_batches(tokenized: Path, loss_on: str) -> None:
     examples = sft_examples(tokenized, loss_on)
     plan = StepPlan(examples, 4, 4, seed=1)

@@ -23,11 +23,13 @@ from gptpipe.config import parse_params
 from gptpipe.entry import run_stage
 from gptpipe.errors import UserError
 from gptpipe.files import write_json, write_tsv
+from gptpipe.report.blocks import VerdictCell
 from gptpipe.report.findings import scaling_findings, study_findings
 from gptpipe.report.format import fmt
 from gptpipe.report.markdown import markdown_html
 from gptpipe.report.metrics import ScalingMetrics, from_json
 from gptpipe.report.page import build_report
+from gptpipe.report.verdicts import verdict_table
 from gptpipe.scaling.summary import write_scaling_report
 from gptpipe.studies.runner import write_record, write_table
 
@@ -391,17 +393,40 @@ def test_data_quality_findings_set_each_random_control_against_the_top_subset_of
             "(0.9) is ahead of the random control random800 (1.4)") in said
 
 
-def test_study_findings_lead_with_the_judge_free_verdicts():
+# A study record's verdicts: one comparison decided on one measure, one decided on neither, over 3 seeds.
+VERDICTS = {
+    "top800 vs random800": {
+        "exact accuracy": {"difference": 0.02, "ci_low": -0.03, "ci_high": 0.07, "discordant": 31,
+                           "verdict": "no difference", "seeds": 3, "per_seed": [0.01, 0.05, 0.0]},
+        "sound-answer rate": {"difference": 0.12, "ci_low": 0.05, "ci_high": 0.19, "discordant": 40,
+                              "verdict": "higher", "seeds": 3, "per_seed": [0.1, 0.15, 0.11]}},
+    "top400 vs random400": {
+        "exact accuracy": {"difference": -0.004, "ci_low": -0.051, "ci_high": 0.043, "discordant": 8,
+                           "verdict": "no difference"}},
+}
+
+
+def test_the_verdicts_are_a_table_one_row_per_comparison_a_column_group_per_measure():
+    table = verdict_table(VERDICTS, 0.95)
+    assert table.measures == ["exact accuracy", "sound-answer rate"]
+    assert [row.comparison for row in table.rows] == ["top800 vs random800", "top400 vs random400"]
+    first, second = table.rows
+    assert first.cells[0] == VerdictCell("+2.0", "[-3.0, +7.0]", "no difference", "+1.0, +5.0, +0.0")
+    assert first.cells[1] == VerdictCell("+12.0", "[+5.0, +19.0]", "higher", "+10.0, +15.0, +11.0")
+    assert [c.decided for c in first.cells] == [False, True] and first.seeds == "3 seeds"
+    # A record of one seed says so; a measure the comparison lacks is an empty cell, not a shifted row.
+    assert second.cells == [VerdictCell("-0.4", "[-5.1, +4.3]", "no difference", None), None]
+    assert second.seeds == "one seed"
+    assert "95% interval" in table.legend
+    assert verdict_table({}, 0.95) is None  # older records and real HH: no table
+
+
+def test_study_findings_keep_what_is_not_a_verdict():
     rows = [{"point": "top800", "by": "chosen_reward", "pairs": 800, "test_loss": 2.7, "sft_reward": 5.7},
             {"point": "random800", "by": "random", "pairs": 800, "test_loss": 1.7, "sft_reward": 4.5}]
-    verdicts = {"top800 vs random800": {
-        "exact accuracy": {"difference": 0.02, "ci_low": -0.03, "ci_high": 0.07, "discordant": 31, "verdict": "no difference"},
-        "sound-answer rate": {"difference": 0.12, "ci_low": 0.05, "ci_high": 0.19, "discordant": 40, "verdict": "higher"}}}
-    said = [str(s) for s in study_findings(rows, verdicts)]
-    assert said[0] == ("top800 vs random800, exact accuracy (judge-free, paired; one seed): +2.0 points [-3.0, +7.0]: "
-                       "no difference.")
-    assert said[1].endswith("+12.0 points [+5.0, +19.0]: <strong>top800 is higher</strong>.")
-    assert study_findings(rows) == study_findings(rows, {})[:]  # a record without verdicts: as before
+    said = " ".join(study_findings(rows))
+    assert "Lowest final test loss: <strong>random800</strong> (1.7)" in said
+    assert "points" not in said and "judge-free" not in said  # the verdicts are the table's
 
 
 @pytest.mark.parametrize("budgets, r2, says", [
@@ -419,18 +444,65 @@ def test_scaling_finding_states_the_exponents_only_as_far_as_they_were_fitted(bu
     assert ("0.61" in said) == fitted and "—" not in said
 
 
-def test_a_study_page_states_each_verdict_once(project):
-    """The verdicts lead the study's findings; the notes under its table, which repeat them for the
-    standalone Markdown, drop them on the page, and keep the rest."""
+class VerdictCells(HTMLParser):
+    """The text of each body row of the page's verdict tables, and which cells are bold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self.bold: list[str] = []
+        self.headers: list[str] = []
+        self._in_table = self._in_body = self._in_cell = self._strong = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table" and ("class", "verdicts") in attrs:
+            self._in_table = True
+        elif self._in_table and tag == "tbody":
+            self._in_body = True
+        elif self._in_body and tag == "tr":
+            self.rows.append([])
+        elif self._in_table and tag in ("th", "td"):
+            self._in_cell = True
+            (self.rows[-1] if self._in_body else self.headers).append("")
+        elif self._in_cell and tag == "strong":
+            self._strong = True
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._in_table = self._in_body = False
+        elif tag in ("th", "td"):
+            self._in_cell = False
+        elif tag == "strong":
+            self._strong = False
+
+    def handle_data(self, data):
+        if self._in_cell:
+            cells = self.rows[-1] if self._in_body else self.headers
+            cells[-1] += data
+            if self._strong:
+                self.bold.append(data)
+
+
+def test_a_study_page_states_each_verdict_once_in_its_table(project):
+    """The verdicts are a table under the study's title; the notes under its table, which repeat them
+    for the standalone Markdown, drop them on the page, and keep the rest."""
     from gptpipe.studies.verdicts import verdict_lines
 
-    verdicts = {"top800 vs random800": {
-        "exact accuracy": {"difference": 0.12, "ci_low": 0.05, "ci_high": 0.19, "discordant": 40, "verdict": "higher"}}}
-    rows = pd.DataFrame({"point": ["top800", "random800"], "by": ["chosen_reward", "random"], "pairs": [800, 800],
-                         "test_loss": [2.7, 1.7]})
-    write_table(rows, project / "plots/studies", "data-quality", ["A note kept."], verdicts=verdict_lines(verdicts, 0.95))
-    write_record(project / "metrics/studies/data-quality.json", "data-quality", "0" * 40, rows, verdicts=verdicts)
+    rows = pd.DataFrame({"point": ["top800", "random800", "top400", "random400"],
+                         "by": ["chosen_reward", "random"] * 2, "pairs": [800, 800, 400, 400],
+                         "test_loss": [2.7, 1.7, 2.9, 2.8]})
+    write_table(rows, project / "plots/studies", "data-quality", ["A note kept."], verdicts=verdict_lines(VERDICTS, 0.95))
+    write_record(project / "metrics/studies/data-quality.json", "data-quality", "0" * 40, rows, verdicts=VERDICTS)
     assert "+12.0 points" in (project / "plots/studies/data-quality.md").read_text()
     build(project)
     page = (project / "report/index.html").read_text()
-    assert page.count("+12.0 points [+5.0, +19.0]") == 1 and "A note kept." in page
+    table = VerdictCells()
+    table.feed(page)
+    assert table.headers == ["later vs earlier", "exact accuracy", "sound-answer rate", "seeds"] + [
+        "points", "interval", "verdict"] * 2
+    assert table.rows == [
+        ["top800 vs random800", "+2.0", "[-3.0, +7.0]", "no difference", "+12.0", "[+5.0, +19.0]", "higher", "3 seeds"],
+        ["top400 vs random400", "-0.4", "[-5.1, +4.3]", "no difference", "—", "one seed"],
+    ]
+    assert table.bold == ["higher"]  # only the decided verdict stands out
+    assert page.count("+12.0") == 1 and "+12.0 points" not in page and "A note kept." in page

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import pyarrow as pa
 import torch
 
+from gptpipe.data.turns import TurnMarkers, assistant_spans
 from gptpipe.errors import UserError
 
 IGNORE = -100  # label of a position the loss does not count (transformers' convention)
@@ -27,13 +28,36 @@ BUCKET_STEPS = 50
 class LMExample:
     ids: list[int]
     first_target: int  # positions >= first_target are predicted and counted by the loss
+    # [start, end) spans before first_target counted too: a prompt's earlier assistant turns.
+    prompt_spans: tuple[tuple[int, int], ...] = ()
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @property
     def n_targets(self) -> int:
-        return len(self.ids) - self.first_target
+        return len(self.ids) - self.first_target + sum(end - start for start, end in self.prompt_spans)
+
+    def labels(self) -> list[int]:
+        """The ids where the loss counts them, IGNORE elsewhere."""
+        labels = [IGNORE] * self.first_target + self.ids[self.first_target :]
+        for start, end in self.prompt_spans:
+            labels[start:end] = self.ids[start:end]
+        return labels
+
+    @classmethod
+    def from_labels(cls, ids: list[int], labels: Sequence[int]) -> LMExample:
+        """labels() undone: the counted run that reaches the end is the response, earlier runs spans."""
+        runs, start = [], None
+        for i, label in enumerate([*labels, IGNORE]):
+            if label != IGNORE and start is None:
+                start = i
+            elif label == IGNORE and start is not None:
+                runs.append((start, i))
+                start = None
+        if runs and runs[-1][1] == len(labels):
+            return cls(ids, runs[-1][0], tuple(runs[:-1]))
+        return cls(ids, len(labels), tuple(runs))
 
 
 @dataclass
@@ -57,21 +81,28 @@ class Batch:
         return self
 
 
-def lm_examples(table: pa.Table, loss_on: str, responses: Sequence[str]) -> list[LMExample]:
+def lm_examples(
+    table: pa.Table, loss_on: str, responses: Sequence[str], markers: TurnMarkers | None = None
+) -> list[LMExample]:
     """Prompt + response sequences from a tokenized split.
 
     responses: which response columns make sequences ("chosen" for SFT; "chosen" and "rejected"
     for pretraining on dialogue text, as web text holds good and bad answers alike).
-    loss_on: "response" counts the response tokens only; "all" every token after the first.
+    loss_on: "response" counts the response tokens only; "assistant_turns" the response and the
+    prompt's earlier assistant turns (found by `markers`, the tokenizer's encoding of HH's turn
+    markers: gptpipe.data.turns); "all" every token after the first.
     """
+    if loss_on == "assistant_turns" and markers is None:
+        raise ValueError("loss_on='assistant_turns' needs the encoded turn markers")
     prompts = table.column("prompt_ids").to_pylist()
     examples = []
     for column in responses:
         for prompt, response in zip(prompts, table.column(f"{column}_ids").to_pylist(), strict=True):
             if response is None:  # no rejected response (SFT data): nothing to pretrain on
                 continue
-            first = len(prompt) if loss_on == "response" else 1
-            examples.append(LMExample(ids=prompt + response, first_target=max(first, 1)))
+            first = 1 if loss_on == "all" else len(prompt)
+            spans = assistant_spans(prompt, markers) if loss_on == "assistant_turns" else []
+            examples.append(LMExample(ids=prompt + response, first_target=max(first, 1), prompt_spans=tuple(spans)))
     return examples
 
 
@@ -85,7 +116,7 @@ def collate(examples: Sequence[LMExample]) -> Batch:
         ids = torch.tensor(example.ids, dtype=torch.long)
         input_ids[row, : len(ids)] = ids
         attention_mask[row, : len(ids)] = 1
-        labels[row, example.first_target : len(ids)] = ids[example.first_target :]
+        labels[row, : len(ids)] = torch.tensor(example.labels(), dtype=torch.long)
     return Batch(
         input_ids=input_ids,
         attention_mask=attention_mask,

@@ -38,6 +38,37 @@ class KeyValues:
 
 
 @dataclass(frozen=True)
+class VerdictCell:
+    """One measure's verdict: the difference in points, its interval, the verdict word."""
+
+    difference: str  # "+63.5"
+    interval: str  # "[+56.6, +70.4]"
+    verdict: str  # "higher" | "lower" | "no difference": the later point against the earlier
+    per_seed: str | None  # "+1.0, +2.5, -0.5" where several seeds; None for one
+
+    @property
+    def decided(self) -> bool:
+        return self.verdict != "no difference"
+
+
+@dataclass(frozen=True)
+class VerdictRow:
+    comparison: str  # "adam vs adamw": later vs earlier
+    cells: Sequence[VerdictCell | None]  # one per measure of the table; None where not measured
+    seeds: str  # "one seed", "3 seeds"
+
+
+@dataclass(frozen=True)
+class VerdictTable:
+    """A study's judge-free verdicts, one row per comparison and a group of columns per measure."""
+
+    kind: ClassVar[str] = "verdicts"
+    measures: Sequence[str]
+    rows: Sequence[VerdictRow]
+    legend: str
+
+
+@dataclass(frozen=True)
 class Html:
     """Markdown already rendered (markdown.markdown_html)."""
 
@@ -101,4 +132,4 @@ class NotRun:
     command: str
 
 
-Block = Title | Finding | KeyValues | Html | Legend | Downloads | Figures | ParamsBlock | NotRun
+Block = Title | Finding | KeyValues | VerdictTable | Html | Legend | Downloads | Figures | ParamsBlock | NotRun

@@ -11,7 +11,6 @@ from typing import Any
 
 from markupsafe import Markup
 
-from gptpipe.evaluation.stats import seeds_text
 from gptpipe.report.format import fmt, fmt_percent, humanize, is_number
 from gptpipe.report.metrics import DpoMetrics, FilterMetrics, RewardMetrics, ScalingMetrics, ScoreMetrics
 
@@ -121,24 +120,10 @@ def extremes(rows: Sequence[Row], column: str, lowest: bool = True) -> tuple[str
     return ", ".join(labels), best
 
 
-def study_findings(rows: Sequence[Row], verdicts: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None) -> list[Markup]:
-    """What a reader looks for first in a study table, in words: the judge-free verdicts first (the
-    only ones decided with an interval), then what the losses and the judge show."""
-    return [*_verdicts(verdicts or {}), *_test_loss(rows), *_sound_loss(rows), *_judged(rows),
-            *_tokens_to_target(rows), *_against_full(rows)]
-
-
-def _verdicts(verdicts: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[Markup]:
-    said = []
-    for pair, measures in verdicts.items():
-        later = pair.split(" vs ")[0]
-        for measure, v in measures.items():
-            outcome = {"higher": Markup("<strong>{} is higher</strong>").format(later),
-                       "lower": Markup("<strong>{} is lower</strong>").format(later)}.get(v.get("verdict"), "no difference")
-            said.append(Markup("{}, {} (judge-free, paired; {}): {} points [{}, {}]: {}.").format(
-                pair, measure, seeds_text(v), f"{100 * v['difference']:+.1f}", f"{100 * v['ci_low']:+.1f}",
-                f"{100 * v['ci_high']:+.1f}", outcome))
-    return said
+def study_findings(rows: Sequence[Row]) -> list[Markup]:
+    """What a reader looks for first in a study table, in words, beside its verdicts (a table of their
+    own, gptpipe.report.verdicts): what the losses and the judge show."""
+    return [*_test_loss(rows), *_sound_loss(rows), *_judged(rows), *_tokens_to_target(rows), *_against_full(rows)]
 
 
 def _test_loss(rows: Sequence[Row]) -> list[Markup]:

@@ -15,11 +15,12 @@ from gptpipe.report.blocks import Block, Downloads, Finding, Html, KeyValues, Le
 from gptpipe.report.findings import (dpo_findings, filter_findings, reward_findings, scaling_findings,
                                      score_findings, study_findings, training_finding)
 from gptpipe.report.format import fmt, fmt_mib, fmt_percent, is_number
-from gptpipe.report.inputs import params_at, read_csv, read_json, read_tsv
+from gptpipe.report.inputs import RawParams, params_at, read_csv, read_json, read_tsv
 from gptpipe.report.markdown import inline_html, markdown_html
 from gptpipe.report.metrics import (DpoMetrics, FilterMetrics, RewardMetrics, ScalingMetrics, ScoreMetrics,
                                     StudyRecord, TrainingMetrics, from_json)
 from gptpipe.report.parts import Page, Part, Section
+from gptpipe.report.verdicts import verdict_table
 from gptpipe.studies.runner import without_verdicts
 
 T = TypeVar("T")
@@ -101,23 +102,24 @@ def _study(name: str, params_sections: Sequence[str], title: str) -> Part:
     def draw(page: Page) -> list[Block]:
         record = from_json(StudyRecord, read_json(page.root / record_path, command) if page.has(record_path) else {})
         rows = record.rows or read_csv(page.root / csv)  # no record yet: the table its CSV holds
-        blocks: list[Block] = [Title(title), Finding(study_findings(rows, record.verdicts))]
+        at = params_at(page.root, record.baseline) if record.baseline else None
+        verdicts = verdict_table(record.verdicts or {}, (at or page.params).value("evaluate.confidence"))
+        blocks: list[Block] = [Title(title), *([verdicts] if verdicts else []), Finding(study_findings(rows))]
         if page.has(md):
             text = (page.root / md).read_text()
-            text = without_verdicts(text)  # the finding above states them
+            text = without_verdicts(text)  # the verdict table above states them
             blocks.append(Html(markdown_html(text, heading_offset=3, best_column="test_loss")))
         if page.has(csv):
             blocks.append(Downloads([Link(page.attach(csv), f"{name}.csv")]))
         blocks.append(page.figures([png]))
-        blocks.append(_study_params(page, params_sections, record.baseline))
+        blocks.append(_study_params(page, params_sections, record.baseline, at))
         return blocks
 
     return Part(f"study-{name}", command, (md, csv, record_path), draw)
 
 
-def _study_params(page: Page, sections: Sequence[str], baseline: str | None) -> Block:
-    """The params a study ran on: params.yaml at its baseline commit where git holds it, else today's."""
-    at = params_at(page.root, baseline) if baseline else None
+def _study_params(page: Page, sections: Sequence[str], baseline: str | None, at: RawParams | None) -> Block:
+    """The params a study ran on: params.yaml `at` its baseline commit where git holds it, else today's."""
     if at is not None:
         return page.params_block(sections, at, f"params.yaml at the study's baseline {baseline[:7]}; "
                                  "each point overrides its own key")

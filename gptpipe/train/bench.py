@@ -44,7 +44,8 @@ from gptpipe.errors import UserError
 from gptpipe.models.gpt2 import build_scratch
 from gptpipe.train.objectives import LanguageModelling
 from gptpipe.train.optim import learning_rate
-from gptpipe.data.tokenizer import EOT_ID, read_arrow
+from gptpipe.data.tokenizer import EOT_ID, encode, read_arrow
+from gptpipe.data.turns import TurnMarkers
 from gptpipe.train.loop import train
 from gptpipe.train.runtime import Runtime, make_runtime
 
@@ -138,13 +139,12 @@ def sft_examples(tokenized: Path, loss_on: str) -> list[LMExample]:
     path = tokenized / "train.arrow"
     if not path.is_file():
         raise UserError(f"{path}: missing; run `gptpipe tokenize` (or `dvc repro tokenize`) first")
-    return lm_examples(read_arrow(path), loss_on, ("chosen",))
+    return lm_examples(read_arrow(path), loss_on, ("chosen",), TurnMarkers.encoded_by(encode))
 
 
 def hf_features(example: LMExample) -> dict[str, list[int]]:
     """What an HF SFT dataset row holds: the ids, and labels with -100 where the loss does not count."""
-    labels = [IGNORE] * example.first_target + example.ids[example.first_target :]
-    return {"input_ids": example.ids, "labels": labels}
+    return {"input_ids": example.ids, "labels": example.labels()}
 
 
 def hf_dataset(examples: Sequence[LMExample]) -> datasets.Dataset:
@@ -178,10 +178,8 @@ class PadToLongest:
 
 
 def as_example(feature: dict[str, list[int]]) -> LMExample:
-    """hf_features undone: the first counted label is where the loss starts."""
-    labels = feature["labels"]
-    first = next((i for i, label in enumerate(labels) if label != IGNORE), len(labels))
-    return LMExample(ids=list(feature["input_ids"]), first_target=first)
+    """hf_features undone."""
+    return LMExample.from_labels(list(feature["input_ids"]), feature["labels"])
 
 
 def gptpipe_count(micro_batch: Sequence[LMExample]) -> StepCount:
