@@ -418,6 +418,19 @@ def bench_sft(
         _fail(err)
 
 
+@bench_app.command("kernels")
+def bench_kernels(
+    params: ParamsOption = Path("params.yaml"),
+    tokenized: Annotated[Path, typer.Option(help="The tokenized folder SFT steps read (train.arrow).")] = Path("data/tokenized"),
+    steps: Annotated[int, typer.Option(help="Timed SFT steps per run (after 2 warm-up steps).")] = 10,
+    rounds: Annotated[int, typer.Option(help="Fresh processes per mode, alternating portable and native.")] = 3,
+) -> None:
+    """SFT tokens/s under the portable CPU kernels (the committed lock's) and the host's native ones."""
+    from gptpipe.train.bench_kernels import compare
+
+    compare(params, tokenized, steps, rounds)
+
+
 @bench_app.command("gpu")
 def bench_gpu(
     tokenized: Annotated[Path, typer.Option(help="A tokenized folder (train.arrow, test.arrow), e.g. of real HH.")] = Path("data/tokenized"),

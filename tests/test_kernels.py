@@ -78,3 +78,21 @@ def test_a_stage_names_its_kernels_first():
     assert out.stderr.strip().splitlines() == [
         "error: GPTPIPE_KERNELS='fast': must be one of portable, native (portable: the same bytes on every "
         "x86-64 host with AVX2; native: the host's fastest kernels) [the last good outputs: `gptpipe restore download`]"]
+
+
+def test_the_kernel_bench_runs_each_mode_on_its_own_kernels(tiny_params, tokenized, tmp_path, monkeypatch, capsys):
+    # The bench's two sides differ only in the kernels: a native side that inherited the portable
+    # variables from its parent (every gptpipe process sets them) would measure the pin against itself.
+    from gptpipe.train import bench_kernels
+
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({"model": tiny_params.model.model_dump(), "tokenize": {"max_length": 128},
+                                  "train": {"batch_size": 4, "micro_batch_size": 4}}))
+    monkeypatch.setenv(kernels.ENV, "portable")
+    for name, value in kernels.PORTABLE.items():
+        monkeypatch.setenv(name, value)
+    result = bench_kernels.compare(params, tokenized, steps=1, rounds=1)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("portable") and "MKL COMPATIBLE" in lines[0] and "ATen AVX2" in lines[0]
+    assert lines[1].startswith("native") and "MKL COMPATIBLE" not in lines[1]
+    assert all(rate > 0 for runs in result["runs"].values() for rate in runs) and len(lines) == 3

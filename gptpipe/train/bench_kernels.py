@@ -1,0 +1,86 @@
+"""What the portable CPU kernels cost on this host: SFT training steps of the configured model under
+GPTPIPE_KERNELS=portable and =native, each in a fresh process (ATen and MKL read their settings
+once, at the first tensor operation), alternating, so that a host whose load drifts shares the
+drift between the two. Prints tokens/s per run and the median ratio.
+
+The steps are the sft stage's: the configured model shape built from scratch, SFT's objective on
+the tokenized train split, AdamW, the StepPlan's batches. Timed after WARMUP_STEPS (the optimizer
+state and the allocator's pools are made there)."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gptpipe.kernels import ENV, PORTABLE
+
+WARMUP_STEPS = 2
+
+
+def measure(params_path: Path, tokenized: Path, steps: int) -> dict:
+    """One side, in this process: tokens/s of `steps` SFT steps and the kernels that ran them."""
+    import torch
+
+    from gptpipe.config import load_params
+    from gptpipe.data.batches import StepPlan, collate, lm_examples
+    from gptpipe.data.tokenizer import read_arrow
+    from gptpipe.kernels import in_force
+    from gptpipe.models.gpt2 import build_scratch
+    from gptpipe.train.objectives import LanguageModelling
+
+    params = load_params(params_path)
+    examples = lm_examples(read_arrow(tokenized / "train.arrow"), "response", ("chosen",))
+    plan = StepPlan(examples, params.train.batch_size, params.train.micro_batch_size, params.shared.seed)
+    objective = LanguageModelling(build_scratch(params.model, params.shared.seed))
+    optimizer = torch.optim.AdamW(objective.model.parameters(), lr=1e-3)
+    tokens, start = 0, 0.0
+    for step in range(WARMUP_STEPS + steps):
+        if step == WARMUP_STEPS:
+            start, tokens = time.perf_counter(), 0
+        for micro in plan.micro_batches(step):
+            batch = collate(micro)
+            loss, _ = objective(batch)
+            loss.backward()
+            tokens += int(batch.attention_mask.sum())
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return {**in_force(), "tokens_per_s": tokens / (time.perf_counter() - start)}
+
+
+def compare(params_path: Path, tokenized: Path, steps: int, rounds: int) -> dict:
+    """Both modes, `rounds` fresh processes each, alternating; prints each run and the ratio."""
+    runs: dict[str, list[float]] = {"portable": [], "native": []}
+    for _ in range(rounds):
+        for mode in runs:
+            row = _run_side(mode, params_path, tokenized, steps)
+            runs[mode].append(row["tokens_per_s"])
+            print(f"{mode:8s} ATen {row['aten']:7s} MKL {row['mkl_branch']:10s} {row['tokens_per_s']:8.0f} tokens/s", flush=True)
+    ratio = statistics.median(n / p for n, p in zip(runs["native"], runs["portable"], strict=True))
+    print(f"native / portable: {ratio:.2f}x (median of {rounds} alternating pairs; cpu: {_cpu_name()})")
+    return {"runs": runs, "native_over_portable": ratio}
+
+
+def _run_side(mode: str, params_path: Path, tokenized: Path, steps: int) -> dict:
+    # The portable variables are dropped for a native side: a parent that pinned them (every gptpipe
+    # process does, at import) would otherwise hand them down.
+    env = {k: v for k, v in os.environ.items() if k not in PORTABLE}
+    env[ENV] = mode
+    code = ("import json, sys; from pathlib import Path; from gptpipe.train.bench_kernels import measure; "
+            "print(json.dumps(measure(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))))")
+    out = subprocess.run([sys.executable, "-c", code, str(params_path), str(tokenized), str(steps)],
+                         env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"the {mode} side failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
