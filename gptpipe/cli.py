@@ -391,17 +391,19 @@ def serve(
 
     from gptpipe.evaluation.generate import Sampling
     from gptpipe.evaluation.serve import Limits, create_app
+    from gptpipe.data.tokenizer import load_tokenizer
     from gptpipe.models.gpt2 import load_model
 
     hf_logging.disable_progress_bar()
     try:
         defaults = Sampling(min(GenerateConfig().max_new_tokens, max_tokens), temperature, top_p, top_k)
-        model = load_model(path)
+        model, tokenizer = load_model(path), load_tokenizer(path)
     except UserError as err:
         _fail(err)
     served = name or path.resolve().name
     typer.echo(f"{path}: serving as {served!r} on http://{host}:{port}/ (OpenAI API at /v1)")
-    uvicorn.run(create_app(model, served, defaults, Limits(max_tokens=max_tokens, concurrency=concurrency)), host=host, port=port)
+    uvicorn.run(create_app(model, served, defaults, Limits(max_tokens=max_tokens, concurrency=concurrency), tokenizer),
+                host=host, port=port)
 
 
 @bench_app.command("sft")
