@@ -187,7 +187,8 @@ def _write(path: Path, text: str) -> None:
 # dvc.yaml's stages in pipeline order, each with a line for --help.
 STAGES = (
     ("download", "the configured HH source (hub, folder or generator) -> data/raw"),
-    ("tokenize", "data/raw -> data/tokenized, GPT-2 BPE ids"),
+    ("tokenizer", "GPT-2's BPE, or a byte-level BPE trained on the train split -> data/tokenizer"),
+    ("tokenize", "data/raw -> data/tokenized, the run's tokenizer's ids"),
     ("base", "models/base: hub GPT-2, or a scratch GPT-2 pretrained here"),
     ("reward", "the reward model (trained here, or a hub classifier) -> models/reward"),
     ("score", "the reward of every train and test pair's responses -> data/scored"),
