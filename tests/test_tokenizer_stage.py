@@ -23,7 +23,7 @@ from gptpipe.evaluation.generate import Sampling, generate
 from gptpipe.models.gpt2 import load_model
 from gptpipe.train.bits_per_byte import bits_per_byte, counted_bytes
 from gptpipe.train.language_model import add_bits_per_byte
-from stage_runs import run_base, run_tokenize
+from stage_runs import run_base, run_sft, run_tokenize
 from stages import tokenizer as tokenizer_stage
 from tiny import TINY
 
@@ -102,6 +102,10 @@ def test_a_model_trained_with_it_has_its_vocabulary_and_carries_it(trained, tiny
     assert (base / "tokenizer.json").read_bytes() == (trained / "tokenizer" / "tokenizer.json").read_bytes()
     assert len(AutoTokenizer.from_pretrained(base)) == tok.vocab_size
     assert 0 < metrics["test_bpb"] < 3 * metrics["test_loss"]
+    # Fine-tuned from it, the SFT model carries it on (and `gptpipe chat models/sft` reads it there).
+    sft = run_sft(tiny_params, trained / "tokenized", base, trained / "models" / "sft", trained / "sft.json", trained / "sft-plots")
+    assert (trained / "models" / "sft" / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()
+    assert load_tokenizer(trained / "models" / "sft").vocab_size == tok.vocab_size and sft["test_bpb"] > 0
     # Generation stops on this tokenizer's end of text: a model that always says it stops at once.
     with torch.no_grad():
         model.get_output_embeddings().weight.zero_()

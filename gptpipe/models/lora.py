@@ -256,10 +256,10 @@ def save_finetuned(model: PreTrainedModel, out: Path, lora: LoraConfig | None, t
     the adapter alone in out/adapter; all in a temp folder renamed at the end. A trained tokenizer
     goes beside them (gptpipe.data.tokenizer.Tokenizer.save_pretrained; GPT-2's writes nothing)."""
     with atomic_path(out) as tmp:
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
         if lora is not None and lora.rank:
             save_adapter(model, tmp / "adapter", rank=lora.rank, alpha=lora.alpha,
                          dropout=lora.dropout, targets=lora.targets)
             model = merge_lora(model)
         model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
