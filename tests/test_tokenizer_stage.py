@@ -3,6 +3,7 @@ loaded by transformers, models whose vocabulary is the tokenizer's, and bits per
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import random
@@ -19,6 +20,7 @@ from gptpipe.config import ParamsError, TokenizeConfig, parse_params
 from gptpipe.data.batches import LMExample
 from gptpipe.data.tokenizer import EOT, Gpt2Bpe, load_tokenizer
 from gptpipe.data.tokenizer_comparison import passages
+from gptpipe.evaluation.chat import run_chat
 from gptpipe.evaluation.generate import Sampling, generate
 from gptpipe.models.gpt2 import load_model
 from gptpipe.train.bits_per_byte import bits_per_byte, counted_bytes
@@ -106,6 +108,12 @@ def test_a_model_trained_with_it_has_its_vocabulary_and_carries_it(trained, tiny
     sft = run_sft(tiny_params, trained / "tokenized", base, trained / "models" / "sft", trained / "sft.json", trained / "sft-plots")
     assert (trained / "models" / "sft" / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()
     assert load_tokenizer(trained / "models" / "sft").vocab_size == tok.vocab_size and sft["test_bpb"] > 0
+    out = io.StringIO()
+    conversation = run_chat(trained / "models" / "sft", io.StringIO("What is 2 + 2?\n"), out, Sampling(max_new_tokens=6, temperature=0))
+    answer = conversation.exchanges[0].answer  # decoded with the folder's tokenizer, not GPT-2's
+    if answer.stopped != "human":
+        assert answer.text == tok.decode(list(answer.ids[:-1] if answer.stopped == "eot" else answer.ids))
+    assert f"assistant> {answer.text.strip()}" in out.getvalue()
     # Generation stops on this tokenizer's end of text: a model that always says it stops at once.
     with torch.no_grad():
         model.get_output_embeddings().weight.zero_()
