@@ -187,7 +187,8 @@ def _write(path: Path, text: str) -> None:
 # dvc.yaml's stages in pipeline order, each with a line for --help.
 STAGES = (
     ("download", "the configured HH source (hub, folder or generator) -> data/raw"),
-    ("tokenize", "data/raw -> data/tokenized, GPT-2 BPE ids"),
+    ("tokenizer", "GPT-2's BPE, or a byte-level BPE trained on the train split -> data/tokenizer"),
+    ("tokenize", "data/raw -> data/tokenized, the run's tokenizer's ids"),
     ("base", "models/base: hub GPT-2, or a scratch GPT-2 pretrained here"),
     ("reward", "the reward model (trained here, or a hub classifier) -> models/reward"),
     ("score", "the reward of every train and test pair's responses -> data/scored"),
@@ -391,17 +392,19 @@ def serve(
 
     from gptpipe.evaluation.generate import Sampling
     from gptpipe.evaluation.serve import Limits, create_app
+    from gptpipe.data.tokenizer import load_tokenizer
     from gptpipe.models.gpt2 import load_model
 
     hf_logging.disable_progress_bar()
     try:
         defaults = Sampling(min(GenerateConfig().max_new_tokens, max_tokens), temperature, top_p, top_k)
-        model = load_model(path)
+        model, tokenizer = load_model(path), load_tokenizer(path)
     except UserError as err:
         _fail(err)
     served = name or path.resolve().name
     typer.echo(f"{path}: serving as {served!r} on http://{host}:{port}/ (OpenAI API at /v1)")
-    uvicorn.run(create_app(model, served, defaults, Limits(max_tokens=max_tokens, concurrency=concurrency)), host=host, port=port)
+    uvicorn.run(create_app(model, served, defaults, Limits(max_tokens=max_tokens, concurrency=concurrency), tokenizer),
+                host=host, port=port)
 
 
 @bench_app.command("sft")

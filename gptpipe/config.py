@@ -98,20 +98,16 @@ class DataConfig(Section):
         if self.source == "dir" and not self.dir:
             raise ValueError("dir: source 'dir' needs an absolute folder path in data.dir")
         if self.dir is not None and not Path(self.dir).is_absolute():
-            raise ValueError(
-                f"dir: {self.dir!r} is relative; give an absolute path "
-                "(dvc exp runs stages in a copy of the repo)"
-            )
+            raise ValueError(f"dir: {self.dir!r} is relative; give an absolute path "
+                             "(dvc exp runs stages in a copy of the repo)")
         return self
 
     @model_validator(mode="after")
     def _division_is_a_folder_name(self) -> DataConfig:
         name = self.division
         if name in ("", ".", "..") or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in name):
-            raise ValueError(
-                f"division: {self.division!r} is not a folder name; use letters, digits, '-', '_' "
-                "and '.' only, no path separators, not '.' or '..' (e.g. helpful-base)"
-            )
+            raise ValueError(f"division: {self.division!r} is not a folder name; use letters, digits, '-', '_' "
+                             "and '.' only, no path separators, not '.' or '..' (e.g. helpful-base)")
         return self
 
 
@@ -120,6 +116,10 @@ class TokenizeConfig(Section):
     max_length: Annotated[int, Field(ge=16)] = 256
     # A response longer than max_length - min_prompt_tokens is cut from the right (counted).
     min_prompt_tokens: PositiveInt = 8
+    # gpt2: GPT-2's 50,257-token BPE; trained: a byte-level BPE of vocab_size ids (256 bytes, EOT,
+    # merges) that the tokenizer stage trains on the train split.
+    tokenizer: Literal["gpt2", "trained"] = "gpt2"
+    vocab_size: Annotated[int, Field(ge=258, le=65536)] = 4096  # trained only; 258: bytes + EOT + 1 merge
 
 
 class ModelConfig(Section):
@@ -192,10 +192,8 @@ class LoopConfig(Section):
     @model_validator(mode="after")
     def _accumulation_divides(self) -> LoopConfig:
         if self.batch_size % self.micro_batch_size:
-            raise ValueError(
-                f"batch_size: {self.batch_size} is not a multiple of "
-                f"micro_batch_size={self.micro_batch_size}"
-            )
+            raise ValueError(f"batch_size: {self.batch_size} is not a multiple of "
+                             f"micro_batch_size={self.micro_batch_size}")
         if self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmup_steps: {self.warmup_steps} must be below max_steps={self.max_steps}")
         return self
@@ -346,10 +344,8 @@ class ScalingConfig(Section):
         scratch = [m for m in self.models if is_scratch_shape(m)]
         if scratch and len(scratch) < len(self.models):
             saved = [m for m in self.models if not is_scratch_shape(m)]
-            raise ValueError(
-                f"models: mixes scratch shapes ({', '.join(scratch)}) with saved models ({', '.join(saved)}); "
-                "an isoFLOP sweep compares like with like: list one kind"
-            )
+            raise ValueError(f"models: mixes scratch shapes ({', '.join(scratch)}) with saved models "
+                             f"({', '.join(saved)}); an isoFLOP sweep compares like with like: list one kind")
         return self
 
     @property
@@ -384,6 +380,9 @@ class Params(Section):
     def _sequences_and_adapters_fit_model(self) -> Params:
         if self.model.init == "scratch" and self.tokenize.max_length > self.model.n_positions:
             raise ValueError(f"tokenize.max_length: {self.tokenize.max_length} exceeds model.n_positions={self.model.n_positions}")
+        hub = [k for k, on in (("model.init=pretrained", self.model.init == "pretrained"), ("scaling.models", self.scaling.fine_tunes)) if on]
+        if self.tokenize.tokenizer == "trained" and hub:  # a trained tokenizer's ids mean nothing to GPT-2's embedding
+            raise ValueError(f"tokenize.tokenizer: trained cannot feed hub weights ({hub[0]}): they read GPT-2's BPE ids; set tokenize.tokenizer=gpt2, or model.init=scratch and scratch scaling.models")
         allowed = ARCH_LORA_TARGETS[self.model.arch]
         for section, lora in (("train", self.train.lora), ("dpo", self.dpo.lora)):
             if lora.rank and (wrong := [t for t in lora.targets if t not in allowed]):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from gptpipe.config import DpoConfig, SharedConfig, load_params
 from gptpipe.data.batches import StepPlan, eval_sample, pair_examples
-from gptpipe.data.tokenizer import read_splits
+from gptpipe.data.tokenizer import load_tokenizer, read_splits
 from gptpipe.entry import run_stage
 from gptpipe.errors import UserError
 from gptpipe.figures import dpo_curves
@@ -45,7 +45,7 @@ def run(shared: SharedConfig, dpo: DpoConfig, tokenized: Path, sft: Path, out: P
     figures = dpo_metrics(dpo, state.rows, trained, shape, plan, reference_seconds)
     with full_weights(model):  # a collective under FSDP: every rank gathers, the main one saves
         if runtime.is_main:
-            save_finetuned(model, out, dpo.lora)
+            save_finetuned(model, out, dpo.lora, load_tokenizer(sft))  # the SFT model's, passed on
             write_tsv(plots_dir / "loss.tsv", state.rows)
             dpo_curves(state.rows, plots_dir / "curves.png", curves_title(dpo))
             write_json(metrics, figures)

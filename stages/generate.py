@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from gptpipe.config import GenerateConfig, load_params
-from gptpipe.data.tokenizer import encode
+from gptpipe.data.tokenizer import load_tokenizer
 from gptpipe.entry import run_stage
 from gptpipe.evaluation.generate import (
     Sampling, generate, generation_metrics, model_folder, prompt_seed, sample_prompts, write_answers,
@@ -25,7 +25,9 @@ def run(device: str, cfg: GenerateConfig, name: str, raw_test: Path, model: Path
     seeds = [prompt_seed(cfg.seed, p["id"]) for p in prompts]
     sampling = Sampling.from_config(cfg)
     net = load_model(model).to(inference_device(device))
-    result = generate(net, [encode(p["prompt"]) for p in prompts], sampling, seeds, cfg.batch_size, progress, desc=name)
+    tokenizer = load_tokenizer(model)  # the model's own: beside it when trained, else GPT-2's
+    result = generate(net, tokenizer.encode_batch([p["prompt"] for p in prompts]), sampling, seeds, cfg.batch_size,
+                      progress, desc=name, tokenizer=tokenizer)
     figures = {"model": name, "prompts": len(prompts), **asdict(sampling), "batch_size": cfg.batch_size,
                **generation_metrics(result)}
     with atomic_path(out) as tmp:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from gptpipe import figures as plots
 from gptpipe.config import RewardConfig, SharedConfig, load_params
 from gptpipe.data.batches import StepPlan, eval_indices, eval_sample, pair_examples
-from gptpipe.data.tokenizer import read_splits
+from gptpipe.data.tokenizer import load_tokenizer, read_splits
 from gptpipe.entry import run_stage
 from gptpipe.errors import reading
 from gptpipe.files import write_json, write_tsv
@@ -57,7 +57,7 @@ def run(shared: SharedConfig, reward: RewardConfig, tokenized: Path, raw: Path, 
     }
     with full_weights(model):  # a collective under FSDP: every rank gathers, the main one saves
         if runtime.is_main:
-            save_reward_model(model, out, {"backend": "trained", "name": figures["name"]})
+            save_reward_model(model, out, {"backend": "trained", "name": figures["name"]}, load_tokenizer(base))
             write_tsv(plots_dir / "loss.tsv", [{c: r[c] for c in SERIES_COLUMNS} for r in state.rows])
             plots.reward_curves(state.rows, plots_dir / "curves.png", "reward model: Bradley-Terry loss and pair accuracy")
             write_json(metrics, figures)

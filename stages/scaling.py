@@ -2,13 +2,14 @@
 each FLOP budget C for D = C / 6N tokens through the one loop; isoFLOP parabolas give the best size
 per budget, and N_opt ∝ C^a, D_opt ∝ C^b over the budgets whose optimum lies inside the sizes run."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 from gptpipe.config import LoraConfig, ModelConfig, ScalingConfig, SharedConfig, load_params
 from gptpipe.data.batches import StepPlan, eval_sample, lm_examples
-from gptpipe.data.tokenizer import read_splits
+from gptpipe.data.tokenizer import load_tokenizer, read_splits
 from gptpipe.entry import run_stage
 from gptpipe.files import write_json
 from gptpipe.models.gpt2 import build_scratch, load_pretrained
@@ -22,13 +23,16 @@ from gptpipe.train.memory_plan import Card, Job, fitted
 from gptpipe.train.runtime import make_runtime
 
 
-def run(shared: SharedConfig, model: ModelConfig, scaling: ScalingConfig, data_source: str, tokenized: Path,
-        out: Path, metrics: Path, checkpoints: Path) -> dict:
+def run(shared: SharedConfig, model: ModelConfig, scaling: ScalingConfig, data_source: str, tokenizer: Path,
+        tokenized: Path, out: Path, metrics: Path, checkpoints: Path) -> dict:
     runtime = make_runtime(shared)
     # Saved weights are fine-tuned on responses; scratch shapes are trained on whole dialogues, so
     # every FLOP a model has seen is counted (the compute-optimal question needs that).
     pretrained = scaling.fine_tunes
+    vocab = load_tokenizer(tokenizer)  # scratch shapes take the run's vocabulary (params refuse hub weights with a trained one)
     shapes = {scaling_shape(name, scaling.head_dim): name for name in scaling.models}
+    if not pretrained:
+        shapes = {replace(shape, vocab_size=vocab.vocab_size): name for shape, name in shapes.items()}
     loss_on, responses = ("response", ("chosen",)) if pretrained else ("all", ("chosen", "rejected"))
     data = {split: lm_examples(t, loss_on, responses) for split, t in read_splits(tokenized).items()}
     mean_len = sum(len(e) for e in data["train"]) / len(data["train"])
@@ -41,7 +45,7 @@ def run(shared: SharedConfig, model: ModelConfig, scaling: ScalingConfig, data_s
         # Each size its own micro-batch on a GPU (one batch_size, more accumulation where it must).
         job = Job("scaling", plan.label, plan.shape, run_config(scaling, steps), LoraConfig(), shared.dtype, longest)
         cfg = fitted(job, card)
-        net = load_pretrained(shapes[plan.shape]) if pretrained else build_scratch(scratch_config(model, plan.shape), shared.seed)
+        net = load_pretrained(shapes[plan.shape]) if pretrained else build_scratch(scratch_config(model, plan.shape), shared.seed, vocab.vocab_size, vocab.eot_id)
         state, trained = train(
             LanguageModelling(net), StepPlan(data["train"], cfg.batch_size, cfg.micro_batch_size, shared.seed),
             {"test": eval_sample(data["test"], cfg.eval_samples, shared.seed)}, cfg, runtime, seed=shared.seed,
@@ -65,9 +69,9 @@ def run(shared: SharedConfig, model: ModelConfig, scaling: ScalingConfig, data_s
     return summary
 
 
-def main(tokenized: Path, out: Path, metrics: Path, checkpoints: Path) -> None:
+def main(tokenizer: Path, tokenized: Path, out: Path, metrics: Path, checkpoints: Path) -> None:
     params = load_params("params.yaml")
-    run(params.shared, params.model, params.scaling, params.data.source, tokenized, out, metrics, checkpoints)
+    run(params.shared, params.model, params.scaling, params.data.source, tokenizer, tokenized, out, metrics, checkpoints)
 
 
 if __name__ == "__main__":

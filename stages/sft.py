@@ -8,7 +8,7 @@ from gptpipe import figures as plots
 from gptpipe.config import SftConfig, SharedConfig, load_params
 from gptpipe.data.batches import lm_examples
 from gptpipe.data.subsets import sound_test_pairs
-from gptpipe.data.tokenizer import encode, read_arrow
+from gptpipe.data.tokenizer import encode, load_tokenizer, read_arrow
 from gptpipe.data.turns import TurnMarkers
 from gptpipe.entry import run_stage
 from gptpipe.files import write_json, write_tsv
@@ -28,19 +28,21 @@ def run(shared: SharedConfig, train: SftConfig, subset: Path, tokenized: Path, r
     sound = sound_test_pairs(tables["test"], raw_test) if raw_test is not None else None
     if sound is not None:
         tables["test_sound"] = sound
-    markers = TurnMarkers.encoded_by(encode)
+    vocab = load_tokenizer(base)  # the base model's own: saved beside it when trained, else GPT-2's
+    markers = TurnMarkers.encoded_by(lambda text: encode(text, vocab))  # this tokenizer's ids for HH's markers
     data = {name: lm_examples(t, train.loss_on, ("chosen",), markers) for name, t in tables.items()}
     model = load_model(base)
     add_lora(model, train.lora, shared.seed)
     inputs = [subset, tokenized / "test.arrow", *([raw_test] if raw_test else []), *sorted(base.glob("*.safetensors"))]
     key = run_key("sft", [shared, train], inputs)
     checkpoint = checkpoints / f"sft-{key}.pt"
-    state, figures = fit_language_model(model, data, train, runtime, seed=shared.seed, checkpoint=checkpoint, desc="sft")
+    state, figures = fit_language_model(model, data, train, runtime, seed=shared.seed, checkpoint=checkpoint, desc="sft",
+                                        token_bytes=vocab.token_bytes())
     figures["lora_rank"] = train.lora.rank
     figures["trainable_fraction"] = round(figures["trainable_parameters"] / figures["parameters"], 6)
     with full_weights(model):  # a collective under FSDP: every rank gathers, the main one saves
         if runtime.is_main:
-            save_finetuned(model, out, train.lora)
+            save_finetuned(model, out, train.lora, vocab)
             write_tsv(plots_dir / "loss.tsv", series_rows(state.rows))
             plots.loss_curves(state.rows, plots_dir / "loss.png", "sft: loss per counted token")
             plots.memory_bars(figures["memory"], plots_dir / "memory.png", f"sft: training memory ({figures['optimizer']})")

@@ -13,7 +13,7 @@ import yaml
 from tiny import TINY
 
 REPO = Path(__file__).resolve().parents[1]
-ALL_STAGES = ("download", "tokenize", "base", "reward", "score", "filter", "sft", "dpo",
+ALL_STAGES = ("download", "tokenizer", "tokenize", "base", "reward", "score", "filter", "sft", "dpo",
               "generate@base", "generate@sft", "generate@dpo", "judge@base", "judge@sft", "judge@dpo",
               "evaluate", "scaling", "report")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stages import base, download as download_stage, dpo, evaluate, filter as filter_stage, generate, judge
-from stages import reward, scaling, score, sft, tokenize
+from stages import reward, scaling, score, sft, tokenize, tokenizer as tokenizer_stage
 
 CHECKPOINTS = Path(".gptpipe/checkpoints")  # as dvc.yaml passes it
 
@@ -16,11 +16,15 @@ def download(cfg, seed, out_dir, metrics_path):
 
 
 def run_tokenize(raw, out, metrics, cfg):
-    return tokenize.run(cfg, raw, out, metrics)
+    """The tokenizer stage (into data/tokenizer beside `out`, as dvc.yaml lays it out), then tokenize."""
+    tokenizer = Path(out).parent / "tokenizer"
+    tokenizer_stage.run(cfg, raw, tokenizer, Path(metrics).parent / "tokenizer.json")
+    return tokenize.run(cfg, raw, tokenizer, out, metrics)
 
 
 def run_base(params, tokenized, out, metrics, plots):
-    return base.run(params.shared, params.model, params.base, tokenized, out, metrics, plots, CHECKPOINTS)
+    tokenizer = tokenized.parent / "tokenizer"  # run_tokenize's layout
+    return base.run(params.shared, params.model, params.base, tokenizer, tokenized, out, metrics, plots, CHECKPOINTS)
 
 
 def run_sft(params, tokenized, base_dir, out, metrics, plots, train_pairs=None, raw_test=None):
@@ -62,4 +66,6 @@ def run_evaluate(params, judged, generated, scored_test, raw_test, metrics, plot
 
 
 def run_scaling(params, tokenized, out, metrics):
-    return scaling.run(params.shared, params.model, params.scaling, params.data.source, tokenized, out, metrics, CHECKPOINTS)
+    tokenizer = tokenized.parent / "tokenizer"  # run_tokenize's layout
+    return scaling.run(params.shared, params.model, params.scaling, params.data.source, tokenizer, tokenized, out, metrics,
+                       CHECKPOINTS)

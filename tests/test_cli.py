@@ -14,7 +14,7 @@ from gptpipe.config import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 GPTPIPE = str(Path(sys.executable).parent / "gptpipe")
-STAGES = ("download", "tokenize", "base", "reward", "score", "filter", "sft", "dpo", "generate", "judge",
+STAGES = ("download", "tokenizer", "tokenize", "base", "reward", "score", "filter", "sft", "dpo", "generate", "judge",
           "evaluate", "scaling", "report")
 
 

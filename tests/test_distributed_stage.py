@@ -25,7 +25,8 @@ def _base_stage(tiny_params, tokenized, root: Path, processes: int, micro: int =
     for section in ("train", "reward", "dpo"):  # every distributed stage's step is checked before any runs
         params[section].update(micro_batch_size=4)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    command = [sys.executable, "-m", "stages.base", "--tokenized", str(tokenized), "--out", "model",
+    command = [sys.executable, "-m", "stages.base", "--tokenizer", str(tokenized.parent / "tokenizer"),
+               "--tokenized", str(tokenized), "--out", "model",
                "--metrics", "base.json", "--plots", "plots", "--checkpoints", "ckpt"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)

@@ -30,6 +30,7 @@ TEMP_SIBLING = re.compile(r"^\..+\.(tmp|old)-\d+$")  # gptpipe.files.atomic_path
 
 # stage -> the input file overwritten with GARBAGE (download's input is params: a folder that is not there)
 BAD_INPUT = {
+    "tokenizer": "data/raw/train.parquet",
     "tokenize": "data/raw/train.parquet",
     "base": "data/tokenized/train.arrow",
     "reward": "models/base/model.safetensors",

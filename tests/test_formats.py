@@ -13,7 +13,7 @@ from gptpipe.config import DataConfig
 from gptpipe.data import formats
 from gptpipe.data.hh import ParseReport, parse_records
 from gptpipe.data.sources import DataFileError, parse_source
-from gptpipe.data.tokenizer import EOT_ID, encode, tokenize_split
+from gptpipe.data.tokenizer import EOT_ID, Gpt2Bpe, encode, tokenize_split
 from gptpipe.config import TokenizeConfig
 
 H, A = "\n\nHuman:", "\n\nAssistant:"
@@ -124,7 +124,7 @@ def test_single_responses_tokenize_to_null_rejected(tmp_path):
     pairs, _ = parse_source(cfg, seed=0)
     table = pa.table({"id": [p.id for p in pairs["train"]], "prompt": [p.prompt for p in pairs["train"]],
                       "chosen": [p.chosen for p in pairs["train"]], "rejected": [p.rejected for p in pairs["train"]]})
-    out, _ = tokenize_split(table, TokenizeConfig())
+    out, _ = tokenize_split(table, TokenizeConfig(), Gpt2Bpe())
     assert out.column("rejected_ids").null_count == 5 and out.column("rejected_len").null_count == 5
     assert out.column("chosen_ids")[0].as_py() == encode(" 0") + [EOT_ID]
 

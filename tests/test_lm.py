@@ -101,4 +101,4 @@ def test_the_sound_answer_loss_is_logged_and_leaves_training_alone(tiny_params, 
     trained = [AutoModelForCausalLM.from_pretrained(tmp_path / name).state_dict() for name in runs]
     assert all(torch.equal(trained[0][k], trained[1][k]) for k in trained[0])
     header = (tmp_path / "plots-sound" / "loss.tsv").read_text().splitlines()[0].split("\t")
-    assert header[-1] == "test_sound_loss"
+    assert header[-2:] == ["test_sound_loss", "test_sound_bpb"]

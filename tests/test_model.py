@@ -51,6 +51,9 @@ def test_pretrained_base_from_a_local_folder_is_saved_as_is(tiny_params, tokeniz
     for (name, a), b in zip(saved.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
     assert metrics["init"] == "pretrained" and metrics["test_loss"] > 9  # untrained: ~ln(50257)
+    # GPT-2's BPE writes nothing beside the weights: the folder holds what it always held.
+    assert sorted(p.name for p in (tmp_path / "base").iterdir()) == sorted(p.name for p in local.iterdir())
+    assert metrics["test_bpb"] > 0 and "test_bpb" in (tmp_path / "plots" / "loss.tsv").read_text()
     assert json.loads((tmp_path / "base.json").read_text()) == metrics
     assert (tmp_path / "plots" / "loss.tsv").read_text().count("\n") == 2  # header + the one point
 

@@ -25,7 +25,7 @@ def test_repro_writes_the_promised_metrics_and_plots(project):
     later = ["metrics/reward.json", "metrics/score.json", "metrics/filter.json", "metrics/dpo.json",
              "metrics/evaluate.json", "plots/evaluate/report.md", "plots/evaluate/rewards.png",
              "data/generated/sft.jsonl", "data/judged/dpo.parquet", "report/index.html"]
-    for name in TRAINING_FILES + scaling + later + ["metrics/data.json", "metrics/tokenize.json"]:
+    for name in TRAINING_FILES + scaling + later + ["metrics/data.json", "metrics/tokenizer.json", "metrics/tokenize.json"]:
         assert (project / name).is_file(), name
     sft = json.loads((project / "metrics/sft.json").read_text())
     assert sft["test_loss"] < json.loads((project / "metrics/base.json").read_text())["test_loss"] + 5
@@ -74,6 +74,24 @@ def test_dpo_beta_experiment_reruns_only_dpo_and_its_answers(project):
     assert (dpo["beta"]["old"], dpo["beta"]["new"]) == (0.3, 0.5)
     assert dpo["test_margin"]["old"] != dpo["test_margin"]["new"]  # implicit rewards scale with beta
     assert "models.sft.mean_reward" not in diff.get("metrics/evaluate.json", {})  # same SFT answers, same judge
+    reset(project)
+
+
+def test_a_trained_tokenizer_reruns_the_tokenizer_and_everything_after_and_nothing_before(project):
+    exp = run(project, "dvc", "exp", "run", "-n", "bpe", "-S", "tokenize.tokenizer=trained", "-S", "tokenize.vocab_size=400")
+    assert "Running stage 'download'" not in exp.stdout
+    for stage in ("tokenizer", "tokenize", "base", "reward", "score", "filter", "sft", "dpo", "scaling",
+                  "generate@base", "generate@sft", "generate@dpo", "evaluate", "report"):
+        assert f"Running stage '{stage}'" in exp.stdout, stage
+    record = json.loads((project / "metrics/tokenizer.json").read_text())
+    assert record["tokenizer"] == "trained" and record["vocab_size"] == 400
+    # Every model carries the tokenizer it was trained with, and its vocabulary is that tokenizer's.
+    for model in ("base", "sft", "dpo", "reward"):
+        folder = project / "models" / model
+        assert (folder / "tokenizer.json").read_bytes() == (project / "data/tokenizer/tokenizer.json").read_bytes()
+        assert json.loads((folder / "config.json").read_text())["vocab_size"] == 400, model
+    sft = json.loads((project / "metrics/sft.json").read_text())
+    assert 0 < sft["test_bpb"] < 20 and "test_bpb" in (project / "plots/sft/loss.tsv").read_text().splitlines()[0]
     reset(project)
 
 

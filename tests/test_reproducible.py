@@ -28,10 +28,10 @@ def test_the_data_stages_reproduce_the_committed_lock(tmp_path):
     run(tmp_path, "git", "init", "-q", "-b", "main")
     run(tmp_path, "git", "add", "-A")
     run(tmp_path, "git", "commit", "-qm", "fresh clone")
-    run(tmp_path, "dvc", "repro", "--force", "tokenize")  # download and tokenize, whatever the lock says
+    run(tmp_path, "dvc", "repro", "--force", "tokenize")  # download, tokenizer and tokenize, whatever the lock says
     committed = yaml.safe_load((REPO / "dvc.lock").read_text())
     fresh = yaml.safe_load((tmp_path / "dvc.lock").read_text())
-    for stage in ("download", "tokenize"):
+    for stage in ("download", "tokenizer", "tokenize"):
         assert _outs(fresh, stage) and _outs(fresh, stage) == _outs(committed, stage), stage
 
 

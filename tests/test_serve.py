@@ -158,10 +158,11 @@ def test_streamed_pieces_never_show_what_the_stop_rules_cut():
     """Tokens split a stop ("\\n\\nHuman:") and characters (an emoji's bytes) across tokens: what is
     streamed before the end is only text the final answer keeps."""
     from gptpipe.evaluation.generate import answer_of
+    from gptpipe.data.tokenizer import Gpt2Bpe
     from gptpipe.evaluation.serve import _Shown
 
     ids = encode("Sure 🙂 here\n\nHu") + encode("man: and more")
-    shown, pieces = _Shown(), []
+    shown, pieces = _Shown(Gpt2Bpe()), []
     for token in ids:
         pieces.append(shown.add(token))
     final = answer_of(ids, "human").text

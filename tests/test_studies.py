@@ -69,7 +69,10 @@ def test_every_point_sets_keys_the_params_accept(tmp_path, monkeypatch):
     from gptpipe.studies.architecture import architecture_points
     from gptpipe.train.flops import count_params, ModelShape
 
-    points = [*optimizer_points(), *lora_points(), *data_quality_points(), *scaling_points(), *architecture_points()]
+    from gptpipe.studies.tokenizer import tokenizer_points
+
+    points = [*optimizer_points(), *lora_points(), *data_quality_points(), *scaling_points(), *architecture_points(),
+              *tokenizer_points()]
     for point in points:
         load_params(tmp_path / "params.yaml", overrides=point.overrides)
     assert {"muon", "adafactor"} <= {p.label for p in optimizer_points()}
@@ -189,6 +192,8 @@ def test_comparisons_name_the_pairs_each_study_decides_on():
     assert STUDIES["scaling"].comparisons(["2x64", "2x128", "4x128"]) == [("2x128", "2x64"), ("4x128", "2x128")]
     assert STUDIES["architecture"].comparisons(["gpt2", "llama-q1", "llama-q2", "llama-q4"]) == [
         ("llama-q1", "gpt2"), ("llama-q2", "llama-q1"), ("llama-q4", "llama-q1")]
+    assert STUDIES["tokenizer"].comparisons(["gpt2", "bpe1024", "bpe4096"]) == [("bpe1024", "gpt2"), ("bpe4096", "gpt2")]
+    assert STUDIES["tokenizer"].comparisons(["bpe1024"]) == []
     assert STUDIES["optimizers"].comparisons(["sgd"]) == []  # the reference failed: nothing to decide
 
 

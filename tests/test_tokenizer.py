@@ -4,7 +4,7 @@ from datasets import Dataset
 
 from gptpipe.data import tokenizer
 from gptpipe.config import TokenizeConfig
-from gptpipe.data.tokenizer import EOT_ID, TokenizerFilesError, encode, fit_pair, read_arrow, tokenize_split
+from gptpipe.data.tokenizer import EOT_ID, Gpt2Bpe, TokenizerFilesError, encode, fit_pair, read_arrow, tokenize_split
 
 
 def test_real_gpt2_ids():
@@ -49,7 +49,7 @@ def test_tokenized_split_ends_responses_with_eot_and_loads_with_datasets(tmp_pat
         "chosen": [" Hello.", " Sure."],
         "rejected": [" No.", " Never."],
     })
-    out, counts = tokenize_split(table, TokenizeConfig(max_length=32, min_prompt_tokens=4))
+    out, counts = tokenize_split(table, TokenizeConfig(max_length=32, min_prompt_tokens=4), Gpt2Bpe())
     assert counts == {"prompts_cut": 1, "responses_cut": 0}
     assert out.column("chosen_ids").to_pylist()[0] == encode(" Hello.") + [EOT_ID]
     assert all(p + c for p, c in zip(out.column("prompt_len").to_pylist(), out.column("chosen_len").to_pylist()))

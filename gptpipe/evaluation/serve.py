@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from transformers import PreTrainedModel
 
 from gptpipe.data.hh import ASSISTANT, HUMAN
-from gptpipe.data.tokenizer import EOT_ID, encode, gpt2_encoding
+from gptpipe.data.tokenizer import Gpt2Bpe, Tokenizer
 from gptpipe.evaluation.generate import STOP_TEXT, Answer, Sampling, generate, prompt_seed
 from gptpipe.evaluation.serve_page import PAGE
 
@@ -136,13 +136,13 @@ class _Shown:
     """The part of an answer that is sure to stay as tokens arrive: decoded UTF-8 up to the last whole
     character, cut at "\n\nHuman:", holding back a tail that may yet begin it (answer_of's rules)."""
 
-    def __init__(self) -> None:
-        self.data, self.sent = b"", ""
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.data, self.sent, self.tokenizer = b"", "", tokenizer
 
     def add(self, token: int) -> str:
-        if token == EOT_ID:
+        if token == self.tokenizer.eot_id:
             return ""
-        self.data += gpt2_encoding().decode_single_token_bytes(token)
+        self.data += self.tokenizer.decode_bytes([token])
         cut = self.data.find(STOP_TEXT)
         data = self.data[:cut] if cut >= 0 else self.data[: len(self.data) - _stop_prefix(self.data)]
         text = data.decode("utf-8", errors="ignore") if _whole(data) else data[: _last_whole(data)].decode("utf-8", errors="ignore")
@@ -169,7 +169,11 @@ def _last_whole(data: bytes) -> int:
     return next((n for n in range(len(data), max(len(data) - 4, 0) - 1, -1) if _whole(data[:n])), 0)
 
 
-def create_app(model: PreTrainedModel, name: str, defaults: Sampling, limits: Limits) -> FastAPI:
+def create_app(model: PreTrainedModel, name: str, defaults: Sampling, limits: Limits,
+               tokenizer: Tokenizer | None = None) -> FastAPI:
+    """tokenizer: the model's (load_tokenizer(model folder)); None is GPT-2's BPE."""
+    tokenizer = tokenizer or Gpt2Bpe()
+    encode = lambda text: tokenizer.encode_batch([text])[0]  # noqa: E731
     app = FastAPI(title="gptpipe", docs_url=None, redoc_url=None)
     busy = asyncio.Semaphore(limits.concurrency)
     created = int(time.time())
@@ -180,7 +184,7 @@ def create_app(model: PreTrainedModel, name: str, defaults: Sampling, limits: Li
         seed = prompt_seed(req.seed or 0, str(turns))  # chat's per-exchange seed
         sampling = _sampling(req, defaults, limits)
         async with busy:
-            run = lambda: generate(model, [prompt], sampling, [seed], 1, on_token=on_token)  # noqa: E731
+            run = lambda: generate(model, [prompt], sampling, [seed], 1, on_token=on_token, tokenizer=tokenizer)  # noqa: E731
             return (await asyncio.to_thread(run)).answers[0]
 
     @app.get("/", response_class=HTMLResponse)
@@ -201,7 +205,7 @@ def create_app(model: PreTrainedModel, name: str, defaults: Sampling, limits: Li
         ident = f"chatcmpl-{uuid.uuid4().hex}"
         head = {"id": ident, "created": int(time.time()), "model": name}
         if req.stream:
-            return StreamingResponse(_events(req, head, answer), media_type="text/event-stream")
+            return StreamingResponse(_events(req, head, answer, tokenizer), media_type="text/event-stream")
         reply = await answer(req)
         usage = {"prompt_tokens": len(encode(hh_prompt(req.messages))), "completion_tokens": reply.tokens}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
@@ -211,7 +215,7 @@ def create_app(model: PreTrainedModel, name: str, defaults: Sampling, limits: Li
     return app
 
 
-async def _events(req: ChatRequest, head: dict, answer):
+async def _events(req: ChatRequest, head: dict, answer, tokenizer: Tokenizer):
     """Server-sent events: each piece of text as the decode loop makes it (heard from the worker
     thread through a queue), then whatever the final answer adds, the finish reason and [DONE]."""
 
@@ -219,7 +223,7 @@ async def _events(req: ChatRequest, head: dict, answer):
         chunk = {**head, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
         return f"data: {json.dumps(chunk)}\n\n"
 
-    loop, pieces, shown = asyncio.get_running_loop(), asyncio.Queue(), _Shown()
+    loop, pieces, shown = asyncio.get_running_loop(), asyncio.Queue(), _Shown(tokenizer)
     heard = lambda _row, token: loop.call_soon_threadsafe(pieces.put_nowait, shown.add(token))  # noqa: E731
     task = asyncio.ensure_future(answer(req, heard))
     task.add_done_callback(lambda _: pieces.put_nowait(None))

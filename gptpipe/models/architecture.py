@@ -13,7 +13,6 @@ from transformers import GPT2Config, LlamaConfig, PretrainedConfig
 
 from gptpipe.config import ModelConfig
 
-VOCAB_SIZE = 50257  # GPT-2's BPE (tiktoken); both architectures share the tokenizer
 # The llama FFN width when model.ffn_hidden is null: 2/3 of GPT-2's 4 d, so SwiGLU's three matrices
 # hold what GPT-2's two do (Shazeer 2020; LLaMA), rounded up to a multiple of this (8 x 128 / 3 -> 352).
 FFN_MULTIPLE = 32
@@ -31,20 +30,21 @@ def blocks(body: nn.Module) -> nn.ModuleList:
     return body.layers if body.config.model_type == "llama" else body.h
 
 
-def scratch_config(cfg: ModelConfig, eot_id: int) -> PretrainedConfig:
+def scratch_config(cfg: ModelConfig, eot_id: int, vocab_size: int) -> PretrainedConfig:
+    """The run's tokenizer decides vocab_size and eot_id (GPT-2's BPE: 50,257 and 50,256; a trained one's own)."""
     if cfg.arch == "gpt2":
         return GPT2Config(
-            vocab_size=VOCAB_SIZE, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+            vocab_size=vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
             n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
             bos_token_id=eot_id, eos_token_id=eot_id,
         )
     return LlamaConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=cfg.n_embd, intermediate_size=ffn_width(cfg),
+        vocab_size=vocab_size, hidden_size=cfg.n_embd, intermediate_size=ffn_width(cfg),
         num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head or cfg.n_head,
         max_position_embeddings=cfg.n_positions, hidden_act="silu", rms_norm_eps=1e-5,
         attention_bias=False, mlp_bias=False,
         # Tied like GPT-2's: the head is the embedding, so the two architectures differ in their
-        # blocks only and FLOPs/memory count the head the same way (at 2x128 an untied 50,257 x 128
+        # blocks only and FLOPs/memory count the head the same way (at 2x128 an untied GPT-2 BPE 50,257 x 128
         # head would add 6.4M parameters to a model of 0.4M non-embedding ones).
         tie_word_embeddings=True,
         bos_token_id=eot_id, eos_token_id=eot_id,

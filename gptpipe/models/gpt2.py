@@ -12,7 +12,7 @@ from gptpipe.models.architecture import scratch_config
 from gptpipe.errors import UserError, first_line, reading
 from gptpipe.files import atomic_path
 from gptpipe.hub import unreachable_reason
-from gptpipe.data.tokenizer import EOT_ID
+from gptpipe.data.tokenizer import EOT_ID, GPT2_VOCAB_SIZE
 
 HUB_GPT2 = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
@@ -21,10 +21,11 @@ class ModelUnreachable(UserError):
     """Pretrained weights that could not be loaded; the message names the offline alternative."""
 
 
-def build_scratch(cfg: ModelConfig, seed: int) -> PreTrainedModel:
-    """A randomly initialised model of the configured arch and shape (transformers' own init, seeded)."""
+def build_scratch(cfg: ModelConfig, seed: int, vocab_size: int = GPT2_VOCAB_SIZE, eot_id: int = EOT_ID) -> PreTrainedModel:
+    """A randomly initialised model of the configured arch and shape (transformers' own init, seeded),
+    its vocabulary the run's tokenizer's (GPT-2's BPE unless a trained one is passed)."""
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(scratch_config(cfg, EOT_ID))
+    return AutoModelForCausalLM.from_config(scratch_config(cfg, eot_id, vocab_size))
 
 
 def load_pretrained(name: str) -> PreTrainedModel:
@@ -47,10 +48,13 @@ def load_pretrained(name: str) -> PreTrainedModel:
     )
 
 
-def save_model(model: PreTrainedModel, out: Path) -> None:
-    """save_pretrained into a temp folder, then rename: no half-written model folder."""
+def save_model(model: PreTrainedModel, out: Path, tokenizer=None) -> None:
+    """save_pretrained into a temp folder, then rename: no half-written model folder. A trained
+    tokenizer is saved beside the weights (GPT-2's saves nothing: the folder stays as it was)."""
     with atomic_path(out) as tmp:
         model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
 
 
 def load_model(path: Path) -> PreTrainedModel:

@@ -251,12 +251,15 @@ def add_lora(model: PreTrainedModel, lora: LoraConfig, seed: int) -> None:
         apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, targets=lora.targets)
 
 
-def save_finetuned(model: PreTrainedModel, out: Path, lora: LoraConfig | None) -> None:
+def save_finetuned(model: PreTrainedModel, out: Path, lora: LoraConfig | None, tokenizer=None) -> None:
     """save_pretrained weights (LoRA merged in, so plain transformers loads them) and, for LoRA,
-    the adapter alone in out/adapter; all in a temp folder renamed at the end."""
+    the adapter alone in out/adapter; all in a temp folder renamed at the end. A trained tokenizer
+    goes beside them (gptpipe.data.tokenizer.Tokenizer.save_pretrained; GPT-2's writes nothing)."""
     with atomic_path(out) as tmp:
         if lora is not None and lora.rank:
             save_adapter(model, tmp / "adapter", rank=lora.rank, alpha=lora.alpha,
                          dropout=lora.dropout, targets=lora.targets)
             model = merge_lora(model)
         model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)

@@ -34,7 +34,7 @@ from gptpipe.errors import UserError, first_line, reading
 from gptpipe.files import atomic_path
 from gptpipe.hub import unreachable_reason
 from gptpipe.data.hh import ASSISTANT, HUMAN
-from gptpipe.data.tokenizer import EOT_ID, encode
+from gptpipe.data.tokenizer import Tokenizer, load_tokenizer
 
 MARKER = "gptpipe_reward.json"  # in models/reward: which backend made it and from what
 
@@ -53,7 +53,7 @@ def reward_model_from(base: Path) -> PreTrainedModel:
     with reading(base, "saved model"):
         model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
     # GPT-2 has no pad token; HF's own forward uses this one to find each row's last token.
-    model.config.pad_token_id = EOT_ID
+    model.config.pad_token_id = load_tokenizer(base).eot_id
     return model
 
 
@@ -97,16 +97,17 @@ class ScoringSpeed:
 
 
 class GPT2Scorer:
-    """The trained backend: GPT-2 BPE ids of prompt + response (+ end of text), as in training."""
+    """The trained backend: the run's tokenizer's ids of prompt + response (+ end of text), as in training."""
 
-    def __init__(self, model: PreTrainedModel, name: str, batch_size: int, device: torch.device):
+    def __init__(self, model: PreTrainedModel, name: str, batch_size: int, device: torch.device, tokenizer: Tokenizer):
         self.model, self.name, self.batch_size, self.device = model.eval().to(device), name, batch_size, device
+        self.tokenizer = tokenizer
         self.speed = ScoringSpeed()
         self.max_length = model.config.max_position_embeddings
 
     def encode(self, prompt: str, response: str) -> LMExample:
-        response_ids = (encode(response) + [EOT_ID])[: self.max_length - 1]
-        prompt_ids = encode(prompt)
+        prompt_ids, response_ids = self.tokenizer.encode_batch([prompt, response])
+        response_ids = (response_ids + [self.tokenizer.eot_id])[: self.max_length - 1]
         room = self.max_length - len(response_ids)
         return LMExample(prompt_ids[len(prompt_ids) - room :] + response_ids, first_target=1)
 
@@ -192,7 +193,7 @@ def load_scorer(folder: Path, batch_size: int, device: torch.device, max_length:
         record = json.loads(marker.read_text())
         if record["backend"] == "trained":
             model = AutoModelForSequenceClassification.from_pretrained(folder)
-            return GPT2Scorer(model, record["name"], batch_size, device)
+            return GPT2Scorer(model, record["name"], batch_size, device, load_tokenizer(folder))
         model = AutoModelForSequenceClassification.from_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     return HFScorer(model, tokenizer, record["name"], batch_size, max_length, device)

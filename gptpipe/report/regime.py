@@ -76,7 +76,11 @@ def _shape(params: RawParams) -> str:
 def data_line(params: RawParams) -> str:
     source = params.value("data.source")
     division = "" if source == "synthetic" else f", division {params.value('data.division')}"
-    return f"data.source = {source}{division}; tokenize.max_length = {params.value('tokenize.max_length')}"
+    # A record written before tokenizers could be trained has no tokenize.tokenizer: GPT-2's BPE.
+    tokenizer = params.value("tokenize.tokenizer") or "gpt2"
+    vocab = f" (at most {params.value('tokenize.vocab_size')} ids)" if tokenizer == "trained" else ""
+    return (f"data.source = {source}{division}; tokenize.tokenizer = {tokenizer}{vocab}; "
+            f"tokenize.max_length = {params.value('tokenize.max_length')}")
 
 
 def model_line(params: RawParams) -> str:

@@ -26,6 +26,7 @@ from gptpipe.studies.runner import (
 from gptpipe.studies.architecture import (
     architecture_comparisons, architecture_notes, architecture_points, architecture_table,
 )
+from gptpipe.studies.tokenizer import tokenizer_comparisons, tokenizer_notes, tokenizer_points, tokenizer_table
 from gptpipe.studies.seeds import mean_over_seeds, seed_note, seeded_points
 from gptpipe.studies.verdicts import paired_verdict, read_judged, verdict_lines
 
@@ -381,6 +382,8 @@ STUDIES = {
     "architecture": Study("architecture", architecture_points, architecture_table, architecture_notes,
                           "SFT test loss: GPT-2 against the llama variant by query heads per K/V head",
                           architecture_comparisons),
+    "tokenizer": Study("tokenizer", tokenizer_points, tokenizer_table, tokenizer_notes,
+                       "SFT test bits per byte: GPT-2's BPE against trained byte-level BPEs", tokenizer_comparisons),
     "seeds": Study("seeds", recipe_points, recipe_table, recipe_notes, "SFT test loss: the default recipe by seed",
                    lambda labels: [], target="evaluate", model_comparisons=(("sft", "base"), ("dpo", "sft")),
                    rows_per_seed=True),

@@ -12,13 +12,14 @@ from transformers import PreTrainedModel
 
 from gptpipe.config import LoopConfig
 from gptpipe.data.batches import LMExample, StepPlan, eval_sample
+from gptpipe.train.bits_per_byte import bits_per_byte, counted_bytes, counted_tokens
 from gptpipe.train.flops import ModelShape, count_params
 from gptpipe.train.loop import RunState, estimate_loss, train
 from gptpipe.train.runtime import Runtime
 from gptpipe.train.objectives import LanguageModelling
 
-SERIES_COLUMNS = ("step", "tokens", "flops", "lr", "train_loss", "test_loss")
-OPTIONAL_SERIES = ("test_sound_loss",)  # SFT on data with ground truth
+SERIES_COLUMNS = ("step", "tokens", "flops", "lr", "train_loss", "test_loss", "train_bpb", "test_bpb")
+OPTIONAL_SERIES = ("test_sound_loss", "test_sound_bpb")  # SFT on data with ground truth
 
 
 def fit_language_model(
@@ -30,8 +31,10 @@ def fit_language_model(
     seed: int,
     checkpoint: Path,
     desc: str,
+    token_bytes: list[int],
 ) -> tuple[RunState, dict[str, Any]]:
-    """Train on data["train"]; every other entry of `data` is a fixed evaluation sample's source."""
+    """Train on data["train"]; every other entry of `data` is a fixed evaluation sample's source.
+    token_bytes (each id's UTF-8 length, the run's tokenizer's) puts bits per byte beside each loss."""
     plan = StepPlan(data["train"], cfg.batch_size, cfg.micro_batch_size, seed)
     eval_sets = {name: eval_sample(examples, cfg.eval_samples, seed) for name, examples in data.items()}
     shape = ModelShape.from_config(model.config)
@@ -39,6 +42,9 @@ def fit_language_model(
         LanguageModelling(model), plan, eval_sets, cfg, runtime,
         seed=seed, checkpoint=checkpoint, shape=shape, desc=desc,
     )
+    for row in state.rows:
+        add_bits_per_byte(row, eval_sets, token_bytes)
+    add_bits_per_byte(trained, eval_sets, token_bytes)
     metrics = {
         "parameters": count_params(shape),
         "parameters_without_embeddings": count_params(shape, include_embeddings=False),
@@ -51,13 +57,24 @@ def fit_language_model(
 
 def measure_language_model(
     model: PreTrainedModel, data: dict[str, list[LMExample]], cfg: LoopConfig, runtime: Runtime, seed: int,
+    token_bytes: list[int],
 ) -> dict[str, Any]:
     """Hub weights are the base as they are: their loss on this data, as a curve's one point."""
     model.to(runtime.device)
     objective = LanguageModelling(model)
     row: dict[str, Any] = {"step": 0, "tokens": 0, "flops": 0.0, "lr": 0.0}
-    for name, examples in data.items():
-        row[f"{name}_loss"] = estimate_loss(objective, eval_sample(examples, cfg.eval_samples, seed), cfg, runtime)
+    samples = {name: eval_sample(examples, cfg.eval_samples, seed) for name, examples in data.items()}
+    for name, sample in samples.items():
+        row[f"{name}_loss"] = estimate_loss(objective, sample, cfg, runtime)
+    return add_bits_per_byte(row, samples, token_bytes)
+
+
+def add_bits_per_byte(row: dict[str, Any], samples: dict[str, list[LMExample]], token_bytes: list[int]) -> dict[str, Any]:
+    """`<name>_bpb` beside each `<name>_loss` of a row, over that fixed sample's counted bytes."""
+    for name, sample in samples.items():
+        if f"{name}_loss" in row:
+            loss = row[f"{name}_loss"]
+            row[f"{name}_bpb"] = bits_per_byte(loss, counted_tokens(sample), counted_bytes(sample, token_bytes))
     return row
 
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass, replace
 import torch
 from transformers import AutoModelForCausalLM
 
-from gptpipe.config import LoopConfig, LoraConfig, ModelConfig, Params
-from gptpipe.data.tokenizer import EOT_ID
+from gptpipe.config import LoopConfig, LoraConfig, ModelConfig, Params, is_scratch_shape
+from gptpipe.data.tokenizer import EOT_ID, GPT2_VOCAB_SIZE
 from gptpipe.errors import UserError
 from gptpipe.models.architecture import blocks, ffn_width, scratch_config
 from gptpipe.models.lora import add_lora
@@ -113,8 +113,10 @@ def jobs(params: Params) -> list[Job]:
     from gptpipe.scaling.runs import run_config, scaling_shape
 
     m, dtype, length = params.model, params.shared.dtype, params.tokenize.max_length
+    # A trained tokenizer's vocabulary is at most tokenize.vocab_size (hub weights keep GPT-2's).
+    vocab = params.tokenize.vocab_size if params.tokenize.tokenizer == "trained" else GPT2_VOCAB_SIZE
     if m.init == "scratch":
-        shape = ModelShape(m.n_layer, m.n_embd, m.n_head, n_positions=m.n_positions, arch=m.arch,
+        shape = ModelShape(m.n_layer, m.n_embd, m.n_head, vocab, n_positions=m.n_positions, arch=m.arch,
                            n_kv_head=m.n_kv_head, ffn_hidden=ffn_width(m) if m.arch == "llama" else None)
         label = f"{m.n_layer}x{m.n_embd}" + ("" if m.arch == "gpt2" else f" {m.arch}")
     else:
@@ -131,7 +133,9 @@ def jobs(params: Params) -> list[Job]:
     found.append(Job("dpo", label, shape, dpo, dpo.lora, dtype, length, 2, live_copy, shards=shards))
     for name in params.scaling.models:
         sweep = run_config(params.scaling, 1)
-        found.append(Job("scaling", name, scaling_shape(name, params.scaling.head_dim), sweep, LoraConfig(), dtype, length))
+        sized = scaling_shape(name, params.scaling.head_dim)
+        sized = replace(sized, vocab_size=vocab) if is_scratch_shape(name) else sized
+        found.append(Job("scaling", name, sized, sweep, LoraConfig(), dtype, length))
     return found
 
 
@@ -165,8 +169,7 @@ def _meta_parameters(shape: ModelShape, lora_json: str) -> tuple[list, list, int
     config = scratch_config(ModelConfig(
         arch=shape.arch, n_layer=shape.n_layer, n_embd=shape.n_embd, n_head=shape.n_head,
         n_kv_head=shape.n_kv_head, ffn_hidden=shape.ffn_hidden, n_positions=shape.n_positions,
-    ), EOT_ID)
-    config.vocab_size = shape.vocab_size
+    ), EOT_ID, shape.vocab_size)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
         add_lora(model, LoraConfig.model_validate_json(lora_json), 0)
