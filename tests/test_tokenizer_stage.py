@@ -129,6 +129,9 @@ def test_bits_per_byte_is_the_summed_loss_over_the_counted_bytes():
     examples = [LMExample(ids=[0, 2, 3], first_target=1), LMExample(ids=[5, 5, 1, 9], first_target=2)]
     token_bytes = [1, 4, 2, 3, 0, 1, 0, 0, 0, 0]  # id 9 spells no bytes (an end of text)
     assert counted_bytes(examples, token_bytes) == 2 + 3 + 4 + 0
+    # An earlier assistant turn counted in the prompt (loss_on: assistant_turns) counts its bytes too.
+    turns = LMExample(ids=[0, 1, 2, 5, 3], first_target=4, prompt_spans=((1, 3),))
+    assert counted_bytes([turns], token_bytes) == 4 + 2 + 3 and counted_bytes([turns], token_bytes) != 3
     # mean loss 1.5 nats over 4 counted tokens = 6 nats; over 9 bytes: 6 / (9 ln 2) bits per byte
     assert bits_per_byte(1.5, 4, 9) == pytest.approx(6 / (9 * math.log(2)))
     row = add_bits_per_byte({"test_loss": 1.5}, {"test": examples}, token_bytes)

@@ -21,12 +21,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from gptpipe.data.batches import LMExample
+from gptpipe.data.batches import IGNORE, LMExample
 
 
 def counted_bytes(examples: Sequence[LMExample], token_bytes: Sequence[int]) -> int:
-    """UTF-8 bytes spelled by the tokens the loss counts (positions >= first_target)."""
-    return sum(token_bytes[i] for e in examples for i in e.ids[e.first_target :])
+    """UTF-8 bytes spelled by the tokens the loss counts: the response, and under
+    `loss_on: assistant_turns` the prompt's earlier assistant turns (the labels the loss reads)."""
+    return sum(token_bytes[label] for e in examples for label in e.labels() if label != IGNORE)
 
 
 def counted_tokens(examples: Sequence[LMExample]) -> int:
