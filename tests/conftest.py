@@ -45,15 +45,6 @@ def hh_dir() -> Path:
     return HH_DIR
 
 
-def pytest_collection_modifyitems(items):
-    # `--dist loadgroup` sends each group to one worker: a module's tests stay together, so its
-    # module-scoped fixtures (a trained judge, a running server) are built once, and every test on
-    # the shared `dvc repro` project joins one group, so that project is built once, not per worker.
-    for item in items:
-        shares_project = "repro_project" in getattr(item, "fixturenames", ())
-        item.add_marker(pytest.mark.xdist_group("repro_project" if shares_project else item.nodeid.split("::")[0]))
-
-
 @pytest.fixture(scope="session")
 def repro_project(tmp_path_factory) -> Path:
     """This project with the tiny params in a fresh git repo, after the real `dvc repro`. Shared by
