@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from torch._dynamo.testing import CompileCounter
+from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 
 from gptpipe.config import ModelConfig
 from gptpipe.data.batches import LMExample, PairExample, collate, collate_pairs, pad_width
@@ -99,3 +99,28 @@ def test_bf16_autocast_losses_are_fp32_within_bf16_rounding():
     # policy = reference at init: every margin 0, the loss log 2 per pair, in bf16 as in fp32
     assert loss.item() == pytest.approx(2 * math.log(2), rel=1e-3)
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="inductor's width guards come from its Triton kernels: a GPU check")
+def test_inductor_on_a_gpu_compiles_once_for_padded_widths_and_again_for_raw_ones():
+    """Why the loop pads compiled batches: inductor (not dynamo, which the CPU test above counts)
+    guards a dynamic width on how it divides (Triton's alignment hints), so widths 54, 169, 412 each
+    compiled a new graph on an H200. Padded to COMPILED_WIDTH_MULTIPLE they share one; unpadded they
+    must not (else the padding is dead weight and this test says so)."""
+    widths = [54, 69, 112, 77, 100, 37, 121]
+
+    def graphs(multiple: int) -> int:
+        torch._dynamo.reset()
+        objective = LanguageModelling(build_scratch(SHAPE, 0).cuda())
+        counter = CompileCounterWithBackend("inductor")
+        compile_bodies(objective, backend=counter)
+        for width in widths:
+            batch = pad_width(collate(_examples([width, width // 2 + 4])), multiple).to(torch.device("cuda"))
+            with torch.autocast("cuda", torch.bfloat16):
+                objective(batch)[0].backward()
+        torch._dynamo.reset()
+        return counter.frame_count
+
+    padded, raw = graphs(loop.COMPILED_WIDTH_MULTIPLE), graphs(1)
+    print(f"inductor graphs over {len(widths)} widths: padded {padded}, raw {raw}")
+    assert padded <= 2 < raw

@@ -80,3 +80,19 @@ def test_memory_rows_count_each_optimizers_state(tokenized, tmp_path):
 def test_missing_tokenized_folder_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["bench", "gpu", "--quick", "--tokenized", str(tmp_path)])
     assert result.exit_code == 1 and "train.arrow is missing" in result.output
+
+
+def test_the_step_spread_names_the_one_slow_step_and_its_widths(tokenized):
+    # An H200 run's compiled SFT averaged 1.5 s a step over 30 steps: one 44.7 s step (the first batch
+    # 512 wide) and 21.6 ms medians. The spread must find that step, not smear it into the mean.
+    from gptpipe.train.gpu_profile import _step_spread
+
+    plan = TimedPlan(lm_examples(read_arrow(tokenized / "train.arrow"), "response", ("chosen",)), loop_config(2, 6), CPU.seed, torch.device("cpu"))
+    for step in range(6):
+        plan.micro_batches(step)
+    plan.starts = [0.0, 0.02, 0.04, 3.04, 3.06, 3.09, 3.11]  # step 2 took 3 s; the rest 20-30 ms
+    spread = _step_spread(plan, range(1, 6), collate)
+    assert spread["median_ms_per_step"] == 20.0
+    slow = spread["slowest_steps"][0]
+    assert (slow["step"], slow["ms"]) == (2, 3000.0) and spread["slowest_steps"][1]["step"] == 4
+    assert slow["widths"] == [collate(m).input_ids.shape[1] for m in plan.handed[2]]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import json
+import statistics
 import tempfile
 import time
 import traceback
@@ -46,7 +47,11 @@ LORA_RANKS = (1, 8, 64)
 
 
 def model_config(size: str) -> ModelConfig:
-    """A GPT-2 size by name, or "LxW" (layers x width, heads of 16: the tests' tiny models)."""
+    """A GPT-2 size by name, or "LxW" (layers x width, heads of 16: the tests' tiny models); with a
+    "llama:" prefix, model.arch llama at that shape (its FFN width by the 2/3 rule, one K/V head per
+    query head)."""
+    if size.startswith("llama:"):
+        return model_config(size.removeprefix("llama:")).model_copy(update={"arch": "llama"})
     if size in flops.GPT2_SHAPES:
         shape = flops.GPT2_SHAPES[size]
         n_layer, n_embd, n_head = shape.n_layer, shape.n_embd, shape.n_head
@@ -118,9 +123,22 @@ def throughput(
         "mfu": round(done / seconds / runtime.peak_flops, 4), "peak_flops": runtime.peak_flops,
         "ms_per_step": round(1000 * seconds / steps, 2), "peak_bytes": _peak_bytes(runtime),
         "compiled_graphs": _graphs() - graphs_before,
+        **_step_spread(plan, range(warmup, warmup + steps), objective.collate),
     }
     _free(objective, model)
     return row
+
+
+def _step_spread(plan: TimedPlan, steps: range, collate: Callable) -> dict[str, Any]:
+    """The median step and the slowest three with their batches' widths: a mean over steps that
+    hides one compile (a new kernel for a shape first seen late) reads as a slow steady state."""
+    ms = {step: 1000 * (plan.starts[step + 1] - plan.starts[step]) for step in steps}
+    slowest = sorted(ms, key=ms.get, reverse=True)[:3]
+    return {
+        "median_ms_per_step": round(statistics.median(ms.values()), 2),
+        "slowest_steps": [{"step": step, "ms": round(ms[step], 1),
+                           "widths": [collate(m).input_ids.shape[1] for m in plan.handed[step]]} for step in slowest],
+    }
 
 
 class ProfiledPlan(TimedPlan):
@@ -327,6 +345,13 @@ def plan(tokenized: Path, quick: bool) -> list[tuple[str, Callable[[], dict[str,
     add("generation", lambda: generation(tokenized, fp32, size, 256 if gpu else 6, 64 if gpu else 3, 128 if gpu else 5))
     for kind in ("sft", "dpo"):
         add(f"throughput {kind} compiled", lambda k=kind: throughput(k, tokenized, compiled, size, batch, steps, warmup))
+    # Past the preset's batch: how far MFU climbs when each step holds more tokens (16 HH sequences
+    # are ~2,800 tokens, too few to fill the card), and the llama variant at GPT-2's shape.
+    for many in (64,) if gpu else (8,):
+        for name, shared in (("eager", bf16), ("compiled", compiled)):
+            add(f"throughput sft {name} batch {many}", lambda c=shared, b=many: throughput("sft", tokenized, c, size, b, steps, warmup))
+    for name, shared in (("eager", bf16), ("compiled", compiled)):
+        add(f"throughput sft {name} llama", lambda c=shared: throughput("sft", tokenized, c, f"llama:{size}", batch, steps, warmup))
     if gpu:
         add("throughput sft compiled gpt2-medium", lambda: throughput("sft", tokenized, compiled, "gpt2-medium", batch, steps, warmup))
     return parts
@@ -366,13 +391,15 @@ def _card() -> str:
 
 def format_tables(rows: list[dict[str, Any]], card: str) -> str:
     gib = 2**30
-    lines = [f"card: {card}", "", "| run | model | precision | compile | tokens/s | MFU | ms/step | peak GiB | graphs |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"card: {card}", "", "| run | model | precision | compile | tokens/s | MFU | ms/step | median ms/step | slowest step | peak GiB | graphs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["part"].startswith("throughput") and "error" not in r:
             lines.append(
-                f"| {r['kind']} b{r['batch']} | {r['size']} | {r['dtype']} | {r['compile']} | {r['tokens_per_s']:,} | "
-                f"{100 * r['mfu']:.1f}% | {r['ms_per_step']} | {r['peak_bytes'] / gib:.2f} | {r['compiled_graphs']} |"
+                f"| {r['part'].removeprefix('throughput ')} b{r['batch']} | {r['size']} | {r['dtype']} | {r['compile']} | {r['tokens_per_s']:,} | "
+                f"{100 * r['mfu']:.1f}% | {r['ms_per_step']} | {r['median_ms_per_step']} | "
+                f"{r['slowest_steps'][0]['ms']:,.0f} ms, step {r['slowest_steps'][0]['step']}, widths {r['slowest_steps'][0]['widths']} | "
+                f"{r['peak_bytes'] / gib:.2f} | {r['compiled_graphs']} |"
             )
     lines += ["", "| memory run | trainable | params GiB | grads GiB | state GiB (theory) | peak GiB | beyond static per token·layer |",
               "|---|---|---|---|---|---|---|"]
