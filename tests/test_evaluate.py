@@ -10,7 +10,7 @@ import pytest
 
 from gptpipe.errors import UserError
 from gptpipe.evaluation.stats import (
-    mean_interval, paired_difference, proportion_interval, seeded_difference, student_t_quantile, verdict_sentence,
+    mean_interval, paired_difference, proportion_interval, seeded_difference, student_t_quantile, verdicts_markdown,
     win_rate, win_rates,
 )
 from stage_runs import run_evaluate, run_judge, run_score
@@ -70,7 +70,9 @@ def test_a_verdict_over_seeds_covers_the_seed_to_seed_spread():
     assert v["difference"] == pytest.approx(0.1) and v["per_seed"] == pytest.approx([0.2, 0.2, -0.1])
     assert (v["ci_low"], v["ci_high"]) == pytest.approx((0.1 - half, 0.1 + half), abs=1e-4)
     assert v["verdict"] == "no difference" and v["seeds"] == 3 and v["discordant"] == 100
-    assert "3 seeds: +20.0, +20.0, -10.0: **no difference**" in verdict_sentence("dpo", "sft", "exact accuracy", v)
+    table = verdicts_markdown({"dpo vs sft": {"exact accuracy": v}}, "legend")
+    assert table[2:] == ["| comparison | exact accuracy | seeds |", "|---|---|---|",
+                         "| dpo vs sft | +10.0 [-33.0, +53.0], 100 differ; per seed +20.0, +20.0, -10.0: no difference | 3 seeds |"]
 
 
 def test_seeds_that_agree_keep_at_least_the_prompt_level_interval():
@@ -80,7 +82,9 @@ def test_seeds_that_agree_keep_at_least_the_prompt_level_interval():
     assert (v["ci_low"], v["ci_high"]) == pytest.approx((pooled["ci_low"], pooled["ci_high"]))
     assert v["verdict"] == "higher"
     one = seeded_difference([_seed(30, 10)], 0.95)  # one seed is the paired difference, said so
-    assert one == paired_difference(*_seed(30, 10), 0.95) and "one seed" in verdict_sentence("a", "b", "m", one)
+    assert one == paired_difference(*_seed(30, 10), 0.95)
+    row = verdicts_markdown({"a_vs_b": {"m": one}}, "legend")[-1]
+    assert row.startswith("| a vs b | +10.0 [") and row.endswith(": **a is higher** | one seed |")
 
 
 def test_win_rate_counts_ties_half():
@@ -150,7 +154,10 @@ def test_judge_and_evaluate_on_real_files(tiny_params, tokenized, judge_dir, tmp
     assert "| sft" in report and "dataset chosen" in report and rows[0]["prompt"].strip().splitlines()[-1] in report
     verdicts = metrics["judge_free_verdicts"]["sft_vs_base"]
     assert verdicts["exact accuracy"]["difference"] == 1.0 and verdicts["exact accuracy"]["verdict"] == "higher"
-    assert "sft vs base, exact accuracy: +100.0 points" in report and "**sft is higher**" in report
+    row = next(line for line in report.splitlines() if line.startswith("| sft vs base |"))
+    assert "+100.0 [" in row and "**sft is higher**" in row and row.endswith("| one seed |")
+    win_rows = [line.split("|")[1:4] for line in report.split("Win rates")[1].split("## Sample")[0].splitlines() if line.startswith("| sft")]
+    assert [c.strip() for c in win_rows[0]] == ["sft", "base", f"{win_rate(sft, base):.3f}"]
     assert "| sound" in report.replace("|   sound", "| sound") or " sound " in report.split("## Sample")[0]
     assert "nan" not in report.split("## Sample")[0]  # the reference rows' empty cells read "—"
     # Per task family: every answer counted once, under its record's family.

@@ -493,7 +493,7 @@ def test_a_study_page_states_each_verdict_once_in_its_table(project):
                          "test_loss": [2.7, 1.7, 2.9, 2.8]})
     write_table(rows, project / "plots/studies", "data-quality", ["A note kept."], verdicts=verdict_lines(VERDICTS, 0.95))
     write_record(project / "metrics/studies/data-quality.json", "data-quality", "0" * 40, rows, verdicts=VERDICTS)
-    assert "+12.0 points" in (project / "plots/studies/data-quality.md").read_text()
+    assert "+12.0 [+5.0, +19.0]" in (project / "plots/studies/data-quality.md").read_text()
     build(project)
     page = (project / "report/index.html").read_text()
     table = VerdictCells()
@@ -505,4 +505,4 @@ def test_a_study_page_states_each_verdict_once_in_its_table(project):
         ["top400 vs random400", "-0.4", "[-5.1, +4.3]", "no difference", "—", "one seed"],
     ]
     assert table.bold == ["higher"]  # only the decided verdict stands out
-    assert page.count("+12.0") == 1 and "+12.0 points" not in page and "A note kept." in page
+    assert page.count("+12.0") == 1 and "+12.0 [" not in page and "A note kept." in page

@@ -23,7 +23,7 @@ from gptpipe.data.answer_labels import LABELS
 from gptpipe.errors import UserError, reading
 from gptpipe.evaluation.stats import (
     MIN_DISCORDANT, VERDICTS_HEADING, interval_text, mean_interval, paired_difference, proportion_interval,
-    verdict_sentence,
+    verdicts_markdown,
 )
 from gptpipe.tables import markdown_table
 
@@ -106,14 +106,19 @@ def judge_free_verdicts(frames: dict[str, pd.DataFrame], confidence: float) -> d
 
 
 def _verdict_lines(verdicts: dict[str, dict[str, Any]], confidence: float) -> list[str]:
-    if not verdicts:
-        return []
-    lines = [f"{VERDICTS_HEADING} (paired by prompt, {round(100 * confidence)}% interval of the difference; "
-             f"fewer than {MIN_DISCORDANT} prompts answered differently, or an interval holding 0, is no difference):", ""]
-    for pair, measures in verdicts.items():
-        later, earlier = pair.split("_vs_")
-        lines += [f"- {verdict_sentence(later, earlier, measure, v)}" for measure, v in measures.items()]
-    return lines + [""]
+    legend = (f"{VERDICTS_HEADING}: each later model against the earlier one, answers paired by prompt; the "
+              f"difference in percentage points, its {round(100 * confidence)}% interval, how many prompts were "
+              f"answered differently, and the verdict (fewer than {MIN_DISCORDANT} differing prompts, or an "
+              f"interval holding 0, is no difference):")
+    lines = verdicts_markdown(verdicts, legend)
+    return lines + [""] if lines else []
+
+
+def _win_rate_lines(rates: dict[str, float]) -> list[str]:
+    table = pd.DataFrame([{"first": key.split("_vs_")[0], "second": key.split("_vs_")[1].replace("_", " "), "win rate": value}
+                          for key, value in rates.items()])
+    return ["Win rates: how often the first model's answer outscores the second's on the same prompt "
+            "(by the judge; ties count half):", "", markdown_table(table, floatfmt=".3f"), ""]
 
 
 def family_table(metrics: dict[str, Any]) -> pd.DataFrame | None:
@@ -172,9 +177,8 @@ def report_markdown(table: pd.DataFrame, metrics: dict[str, Any], answers: dict[
            "measures the judge.", ""] if "sound" in table else []),
         *_family_lines(metrics),
         *_verdict_lines(metrics.get("judge_free_verdicts", {}), metrics["confidence"]),
-        "Win rates (how often the first model's answer outscores the second's on the same prompt; ties count half):", "",
-        *[f"- {key.replace('_vs_', ' vs ').replace('_', ' ')}: {value:.3f}" for key, value in metrics["win_rates"].items()],
-        "", "## Sample answers", "",
+        *_win_rate_lines(metrics["win_rates"]),
+        "## Sample answers", "",
     ]
     with reading(raw_test, "Parquet table"):
         raw = pq.read_table(raw_test).to_pandas().set_index("id")

@@ -103,23 +103,32 @@ def student_t_quantile(p: float, df: int) -> float:
     return (low + high) / 2
 
 
-def seeds_text(verdict: dict[str, Any]) -> str:
-    """How many training runs a verdict rests on, said beside it: "one seed", or "3 seeds: +1.0, +2.5, -0.5"."""
-    if verdict.get("seeds", 1) == 1:
-        return "one seed"
-    return f"{verdict['seeds']} seeds: " + ", ".join(f"{100 * d:+.1f}" for d in verdict["per_seed"])
-
-
 VERDICTS_HEADING = "Judge-free verdicts"
 
 
-def verdict_sentence(later: str, earlier: str, measure: str, verdict: dict[str, Any]) -> str:
-    """One paired_difference as Markdown: "sft vs base, exact accuracy: +63.5 points [+56.6, +70.4],
-    127 prompts differ, one seed: **sft is higher**"."""
-    said = {"higher": f"{later} is higher", "lower": f"{later} is lower"}.get(verdict["verdict"], "no difference")
-    return (f"{later} vs {earlier}, {measure}: {100 * verdict['difference']:+.1f} points "
-            f"[{100 * verdict['ci_low']:+.1f}, {100 * verdict['ci_high']:+.1f}], "
-            f"{verdict['discordant']} prompts differ, {seeds_text(verdict)}: **{said}**")
+def verdicts_markdown(verdicts: dict[str, dict[str, dict[str, Any]]], legend: str) -> list[str]:
+    """Verdicts as Markdown lines a reader scans: the legend, then one table row per comparison
+    ("sft vs base" or "sft_vs_base" keys) with a column per measure, a decided verdict in bold."""
+    if not verdicts:
+        return []
+    measures = list(dict.fromkeys(m for by_measure in verdicts.values() for m in by_measure))
+    lines = [legend, "", "| comparison | " + " | ".join(measures) + " | seeds |",
+             "|---|" + "---|" * len(measures) + "---|"]
+    for pair, by_measure in verdicts.items():
+        later = pair.replace("_vs_", " vs ").split(" vs ")[0]
+        cells = [_verdict_cell(later, by_measure[m]) if m in by_measure else "—" for m in measures]
+        seeds = max(v.get("seeds", 1) for v in by_measure.values())
+        lines.append(f"| {pair.replace('_vs_', ' vs ')} | " + " | ".join(cells) + f" | {'one seed' if seeds == 1 else f'{seeds} seeds'} |")
+    return lines
+
+
+def _verdict_cell(later: str, verdict: dict[str, Any]) -> str:
+    """"+59.0 [+51.9, +66.1], 122 differ: **higher**" (points; per-seed differences where several)."""
+    per_seed = f"; per seed {', '.join(f'{100 * d:+.1f}' for d in verdict['per_seed'])}" if verdict.get("seeds", 1) > 1 else ""
+    word = verdict["verdict"] if verdict["verdict"] in ("higher", "lower") else "no difference"
+    said = f"**{later} is {word}**" if word != "no difference" else word
+    return (f"{100 * verdict['difference']:+.1f} [{100 * verdict['ci_low']:+.1f}, {100 * verdict['ci_high']:+.1f}], "
+            f"{verdict['discordant']} differ{per_seed}: {said}")
 
 
 def interval_text(low: float, high: float) -> str:

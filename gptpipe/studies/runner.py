@@ -99,7 +99,7 @@ def write_table(table: pd.DataFrame, out_dir: Path, name: str, notes: Sequence[s
     markdown = markdown_table(table)  # a random control's missing threshold reads "—"
     sections = [markdown, "\n".join(f"- {note}" for note in notes)]
     if verdicts:
-        sections.append(VERDICTS_SECTION + "\n\n" + "\n".join(f"- {line}" for line in verdicts))
+        sections.append(VERDICTS_SECTION + "\n\n" + "\n".join(verdicts))
     with atomic_path(out_dir / f"{name}.md") as tmp:
         tmp.write_text("\n\n".join(sections) + "\n")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from gptpipe.evaluation.stats import MIN_DISCORDANT, VERDICTS_HEADING, seeded_difference, verdict_sentence
+from gptpipe.evaluation.stats import MIN_DISCORDANT, VERDICTS_HEADING, seeded_difference, verdicts_markdown
 
 MEASURES = ("exact accuracy", "sound-answer rate")
 
@@ -50,13 +50,9 @@ def paired_verdict(later: Sequence[pd.DataFrame], earlier: Sequence[pd.DataFrame
 
 
 def verdict_lines(verdicts: dict[str, dict[str, Any]], confidence: float) -> list[str]:
-    """Markdown notes: one line per compared pair and measure."""
-    if not verdicts:
-        return []
-    lines = [f"{VERDICTS_HEADING} (answers paired by prompt within each seed; {round(100 * confidence)}% "
-             "interval of the difference, over seeds where there are several (Student's t on the per-seed "
-             f"differences); an interval holding 0 or fewer than {MIN_DISCORDANT} differing answers is no difference):"]
-    for pair, measures in verdicts.items():
-        later, earlier = pair.split(" vs ")
-        lines += [verdict_sentence(later, earlier, measure, v) for measure, v in measures.items()]
-    return lines
+    """Markdown: the legend, then a table with one row per compared pair and a column per measure."""
+    return verdicts_markdown(verdicts, (
+        f"{VERDICTS_HEADING}: answers paired by prompt within each seed; the difference in percentage points, "
+        f"its {round(100 * confidence)}% interval (over seeds where there are several: Student's t on the per-seed "
+        f"differences), how many answers differ, and the verdict (an interval holding 0 or fewer than "
+        f"{MIN_DISCORDANT} differing answers is no difference):"))
