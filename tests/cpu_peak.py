@@ -3,7 +3,8 @@
 Run as `python tests/cpu_peak.py OBJECTIVE N_LAYER N_EMBD MICRO LENGTH [live]`: builds a GPT-2 of that
 shape (vocab 50,257, scratch weights), takes one AdamW step of the project's objective (lm: SFT's
 LanguageModelling; dpo: DirectPreference, chosen+rejected) on MICRO examples of LENGTH tokens, and
-prints the process's peak RSS (ru_maxrss) and its RSS before the step, in bytes.
+prints the process's peak RSS (ru_maxrss), its RSS before the step and its RSS with only the
+libraries imported (before any tensor: what varies by install, not by job), in bytes.
 """
 
 import resource
@@ -19,6 +20,7 @@ from gptpipe.train.objectives import LanguageModelling
 
 
 def main(objective: str, n_layer: int, n_embd: int, micro: int, length: int, live: bool) -> None:
+    imported = psutil.Process().memory_info().rss
     torch.manual_seed(0)
     config = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=max(1, n_embd // 64), n_positions=length)
     model = GPT2LMHeadModel(config)
@@ -38,7 +40,7 @@ def main(objective: str, n_layer: int, n_embd: int, micro: int, length: int, liv
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
-    print(peak, before)
+    print(peak, before, imported)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from gptpipe.cli import _apply_preset
 from gptpipe.config import LoopConfig, LoraConfig
 from gptpipe.train import memory_plan
 from gptpipe.train.flops import ModelShape
-from gptpipe.train.memory_plan import CPU_TOLERANCE, GIB, Host, Job, MemoryPlanError, check_stage, cpu_need
+from gptpipe.train.memory_plan import CPU_PROCESS_BYTES, CPU_TOLERANCE, GIB, Host, Job, MemoryPlanError, check_stage, cpu_need
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST_24 = Host(24 * GIB)  # the host the full-preset DPO was killed on, at 23.6 GB resident
@@ -30,9 +30,9 @@ def test_full_preset_dpo_on_a_24_gib_host_stops_in_one_line_naming_the_micro_bat
     assert "\n" not in line
     assert line.startswith("dpo needs ") and "GB of RAM at dpo.micro_batch_size=16" in line
     assert "2 x 16 sequences of 512 tokens" in line and "this host has 24 GiB" in line
-    assert "set dpo.micro_batch_size=8 (" in line and "dpo.activation_checkpointing=true (" in line
+    assert "set dpo.micro_batch_size=4 (" in line and "dpo.activation_checkpointing=true (" in line
     # What the line suggests passes the same plan.
-    for fix in ({"micro_batch_size": 8}, {"activation_checkpointing": True}):
+    for fix in ({"micro_batch_size": 4}, {"activation_checkpointing": True}):
         assert check_stage(full_preset_on_cpu(**fix), "dpo", HOST_24).bytes <= HOST_24.usable_bytes
 
 
@@ -57,20 +57,19 @@ def test_the_dpo_stage_checks_before_it_reads_anything(monkeypatch, tmp_path):
         dpo.main(tmp_path / "none", tmp_path / "none", tmp_path / "o", tmp_path / "m.json", tmp_path / "p", tmp_path / "c")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "not yet established: repeated fresh-process measurements of this job gave 1.53-1.85 GB of peak RSS "
-    "(the process alone 579-673 MB, by venv) against the plan's 1.24 GB; the CPU calibration needs more "
-    "rows before its tolerance is a claim"))
-def test_a_measured_dpo_step_with_a_live_reference_lies_within_the_plans_tolerance():
-    # A job the fit (four SFT steps of 2x256 and 4x512 models) never saw: DPO's chosen and rejected
-    # rows, a live reference copy, a 2x384 model, 128-token sequences. Peak RSS of a fresh process.
-    n_layer, n_embd, micro, length = 2, 384, 4, 128
+@pytest.mark.parametrize("n_layer, n_embd, micro, length", [(2, 384, 4, 128), (4, 512, 2, 256)])
+def test_a_measured_dpo_step_with_a_live_reference_lies_within_the_plans_tolerance(n_layer, n_embd, micro, length):
+    # Jobs the fit never saw: the CPU terms were fitted on SFT steps, and DPO's logits term on DPO
+    # steps with a cached reference; these have a live reference copy. Peak RSS of a fresh process,
+    # less its RSS with only the libraries imported (which varies by install, 390-670 MB seen, not by
+    # job), against the plan less its process term. Without the DPO term the plan is 25-35% short.
     out = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "cpu_peak.py"), "dpo", str(n_layer), str(n_embd), str(micro), str(length), "live"],
         capture_output=True, text=True, check=True, cwd=ROOT,
     )
-    peak = int(out.stdout.split()[0])
+    peak, _, imported = (int(v) for v in out.stdout.split())
     loop = LoopConfig(batch_size=micro, micro_batch_size=micro)
     shape = ModelShape(n_layer, n_embd, n_embd // 64, n_positions=length)
-    job = Job("dpo", "2x384", shape, loop, LoraConfig(), "float32", length, 2, frozen_copy=True)
-    assert cpu_need(job, micro, False).bytes == pytest.approx(peak, rel=CPU_TOLERANCE)
+    job = Job("dpo", f"{n_layer}x{n_embd}", shape, loop, LoraConfig(), "float32", length, 2, frozen_copy=True)
+    planned = cpu_need(job, micro, False).bytes - CPU_PROCESS_BYTES
+    assert planned == pytest.approx(peak - imported, rel=CPU_TOLERANCE)

@@ -292,6 +292,13 @@ CPU_PROCESS_BYTES = 400_000_000
 CPU_ACTIVATION_BYTES_PER_WIDTH = 234
 CPU_ACTIVATION_BYTES_BASE = 25_000
 CPU_HEAD_BYTES = 150_000_000
+# DPO's log-probs take the head another way (objectives.response_logprobs: per-token log-probs in
+# checkpointed chunks of 128 rows, not the fused summed loss), and its peak holds about this many
+# logits rows (vocab x 4 bytes) per token of the micro-batch beyond what the SFT fit counts: fitted
+# through the origin on four cached-reference DPO jobs (2x256, 2x384 and 4x512; 1,024 and 4,096
+# tokens a pass; 2026-12-04), their excess over the SFT model 134-677 MB. The live-reference jobs
+# were held out: within 10% of the plan (tests/test_host_memory.py).
+CPU_DPO_LOGIT_ROWS_PER_TOKEN = 0.8
 CPU_TOLERANCE = 0.15  # held-out runs (DPO with a live reference, a shape the fit never saw) lie within
 # The host keeps this much for the kernel, page cache and whatever else runs: total minus a margin,
 # not psutil's "available", so the same params get the same verdict on the same machine whatever
@@ -329,6 +336,8 @@ def cpu_need(job: Job, micro_batch_size: int, checkpointing: bool) -> Need:
         per_layer = CHECKPOINTED_BYTES_PER_WIDTH * job.shape.n_embd * FP32_ACTIVATION_FACTOR
         parts["recomputed_block"] = tokens * (CPU_ACTIVATION_BYTES_PER_WIDTH * job.shape.n_embd + CPU_ACTIVATION_BYTES_BASE)
     parts["activations"] = int(tokens * job.shape.n_layer * per_layer)
+    if job.stage == "dpo":
+        parts["preference_logits"] = int(CPU_DPO_LOGIT_ROWS_PER_TOKEN * tokens * job.shape.vocab_size * 4)
     return Need(job, micro_batch_size, checkpointing, parts)
 
 
