@@ -309,7 +309,7 @@ def restore(
 
 @app.command()
 def study(
-    name: Annotated[str, typer.Argument(help="optimizers | lora | data-quality | scaling | seeds (the default recipe: sft vs base, dpo vs sft)")],
+    name: Annotated[str, typer.Argument(help="optimizers | lora | data-quality | scaling | architecture | tokenizer | seeds (the default recipe: sft vs base, dpo vs sft)")],
     report: Annotated[bool, typer.Option("--report", help="Rebuild the table from experiments already run.")] = False,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Run each point over this many seeds (shared.seed, +1, ...); the table shows mean and spread.")] = 1,
 ) -> None:

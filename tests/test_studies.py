@@ -221,3 +221,14 @@ def test_the_seeds_study_compares_each_seeds_models_with_each_other(monkeypatch)
     dpo = verdicts["dpo vs sft"]["exact accuracy"]
     assert dpo["seeds"] == 3 and dpo["per_seed"] == pytest.approx([0.15, 0.15, -0.15])
     assert dpo["verdict"] == "no difference"  # +5 points on average, but one seed of three went the other way
+
+
+def test_the_study_commands_help_names_every_study():
+    import inspect
+    import typing
+
+    from gptpipe.cli import study
+    from gptpipe.studies.definitions import STUDIES
+
+    argument = typing.get_args(inspect.signature(study).parameters["name"].annotation)[1]
+    assert all(name in argument.help.split(" (")[0].split(" | ") for name in STUDIES)
