@@ -224,11 +224,10 @@ def test_the_seeds_study_compares_each_seeds_models_with_each_other(monkeypatch)
 
 
 def test_the_study_commands_help_names_every_study():
-    import inspect
     import typing
 
     from gptpipe.cli import study
     from gptpipe.studies.definitions import STUDIES
 
-    argument = typing.get_args(inspect.signature(study).parameters["name"].annotation)[1]
+    argument = typing.get_args(typing.get_type_hints(study, include_extras=True)["name"])[1]
     assert all(name in argument.help.split(" (")[0].split(" | ") for name in STUDIES)
