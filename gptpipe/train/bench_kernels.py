@@ -3,9 +3,9 @@ GPTPIPE_KERNELS=portable and =native, each in a fresh process (ATen and MKL read
 once, at the first tensor operation), alternating, so that a host whose load drifts shares the
 drift between the two. Prints tokens/s per run and the median ratio.
 
-The steps are the sft stage's: the configured model shape built from scratch, SFT's objective on
-the tokenized train split, AdamW, the StepPlan's batches. Timed after WARMUP_STEPS (the optimizer
-state and the allocator's pools are made there)."""
+The steps are the sft stage's loop (gptpipe.train.loop.train): the configured model shape built from
+scratch, SFT's objective on the tokenized train split, AdamW, the StepPlan's batches. Timed after
+WARMUP_STEPS (the optimizer state and the allocator's pools are made there)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from gptpipe.kernels import ENV, PORTABLE
@@ -23,33 +22,31 @@ WARMUP_STEPS = 2
 
 
 def measure(params_path: Path, tokenized: Path, steps: int) -> dict:
-    """One side, in this process: tokens/s of `steps` SFT steps and the kernels that ran them."""
-    import torch
-
-    from gptpipe.config import load_params
-    from gptpipe.data.batches import StepPlan, collate, lm_examples
+    """One side, in this process: tokens/s of `steps` SFT steps of the real training loop (timed by
+    the step plan it draws from, as `gptpipe bench gpu` times it) and the kernels that ran them."""
+    from gptpipe.config import SharedConfig, load_params
+    from gptpipe.data.batches import lm_examples
     from gptpipe.data.tokenizer import read_arrow
     from gptpipe.kernels import in_force
     from gptpipe.models.gpt2 import build_scratch
+    from gptpipe.train.flops import ModelShape
+    from gptpipe.train.gpu_profile import TimedPlan, _train, loop_config
     from gptpipe.train.objectives import LanguageModelling
+    from gptpipe.train.runtime import make_runtime
 
     params = load_params(params_path)
-    examples = lm_examples(read_arrow(tokenized / "train.arrow"), "response", ("chosen",))
-    plan = StepPlan(examples, params.train.batch_size, params.train.micro_batch_size, params.shared.seed)
-    objective = LanguageModelling(build_scratch(params.model, params.shared.seed))
-    optimizer = torch.optim.AdamW(objective.model.parameters(), lr=1e-3)
-    tokens, start = 0, 0.0
-    for step in range(WARMUP_STEPS + steps):
-        if step == WARMUP_STEPS:
-            start, tokens = time.perf_counter(), 0
-        for micro in plan.micro_batches(step):
-            batch = collate(micro)
-            loss, _ = objective(batch)
-            loss.backward()
-            tokens += int(batch.attention_mask.sum())
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return {**in_force(), "tokens_per_s": tokens / (time.perf_counter() - start)}
+    seed = params.shared.seed
+    runtime = make_runtime(SharedConfig(device="cpu"))
+    cfg = loop_config(params.train.batch_size, WARMUP_STEPS + steps + 1).model_copy(  # +1: its start ends the last timed step
+        update={"micro_batch_size": params.train.micro_batch_size})
+    model = build_scratch(params.model, seed)
+    shape = ModelShape.from_config(model.config)
+    objective = LanguageModelling(model)
+    plan = TimedPlan(lm_examples(read_arrow(tokenized / "train.arrow"), "response", ("chosen",)), cfg, seed, runtime.device)
+    _train(objective, plan, cfg, runtime, seed, shape)
+    timed = range(WARMUP_STEPS, WARMUP_STEPS + steps)
+    tokens, _ = plan.work(timed, objective.collate, shape)
+    return {**in_force(), "tokens_per_s": tokens / (plan.starts[timed.stop] - plan.starts[timed.start])}
 
 
 def compare(params_path: Path, tokenized: Path, steps: int, rounds: int) -> dict:
