@@ -49,7 +49,7 @@ def run(shared: SharedConfig, reward: RewardConfig, tokenized: Path, raw: Path, 
     full_test = evaluate(objective, sorted(data["test"], key=len), reward, runtime)
     figures = {
         "backend": "trained",
-        "name": f"gpt2 {model.config.n_layer}x{model.config.n_embd} from models/base + scalar head",
+        "name": f"{model.config.model_type} {model.config.num_hidden_layers}x{model.config.hidden_size} from models/base + scalar head",
         "test_pairs": len(data["test"]),
         "test_accuracy_all_pairs": full_test["accuracy"],
         "test_loss_all_pairs": full_test["loss"],

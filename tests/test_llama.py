@@ -214,3 +214,20 @@ def test_step_flops_equal_torch_flop_counter_on_the_variant():
     shape = ModelShape.from_config(model.config)
     assert shape.kv_width == 16 and shape.ffw_size == 96
     assert counter.get_total_flops() == step_flops(shape, [16, 16], 32)
+
+
+def test_the_reward_stage_trains_and_saves_a_scalar_head_on_the_variant(tiny_params, tokenized, tmp_path):
+    # Regression: the stage named its judge from GPT-2's config fields (n_layer) and failed after
+    # training on a llama base, in the architecture study's second point.
+    from gptpipe.models.reward import load_scorer
+    from stage_runs import run_base, run_reward
+
+    llama = tiny_params.model.model_copy(update={"arch": "llama", "n_kv_head": 1})
+    short = {"max_steps": 2, "eval_every": 2, "checkpoint_every": 2}
+    params = tiny_params.model_copy(update={"model": llama, "base": tiny_params.base.model_copy(update=short),
+                                            "reward": tiny_params.reward.model_copy(update=short)})
+    run_base(params, tokenized, tmp_path / "base", tmp_path / "base.json", tmp_path / "bp")
+    metrics = run_reward(params, tokenized, tmp_path / "base", tmp_path / "reward", tmp_path / "r.json", tmp_path / "rp")
+    assert metrics["name"] == "llama 1x32 from models/base + scalar head"
+    scorer = load_scorer(tmp_path / "reward", batch_size=4, device=torch.device("cpu"))
+    assert scorer.model.config.model_type == "llama" and scorer.model.config.num_key_value_heads == 1
