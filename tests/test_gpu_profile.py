@@ -13,7 +13,7 @@ from gptpipe.data.batches import collate, lm_examples
 from gptpipe.data.tokenizer import read_arrow
 from gptpipe.models.gpt2 import build_scratch
 from gptpipe.train import flops
-from gptpipe.train.gpu_profile import OPTIMIZERS, TimedPlan, _train, loop_config, model_config, op_profile
+from gptpipe.train.gpu_profile import OPTIMIZERS, TimedPlan, loop_config, model_config, op_profile, train_plan
 from gptpipe.train.objectives import LanguageModelling
 from gptpipe.train.runtime import make_runtime
 
@@ -28,7 +28,7 @@ def test_the_tokens_and_flops_it_attributes_are_what_ran(tokenized):
     shape = flops.ModelShape.from_config(model.config)
     cfg = loop_config(4, 3)
     plan = TimedPlan(lm_examples(read_arrow(tokenized / "train.arrow"), "response", ("chosen",)), cfg, CPU.seed, runtime.device)
-    _train(LanguageModelling(model), plan, cfg, runtime, CPU.seed, shape)
+    train_plan(LanguageModelling(model), plan, cfg, runtime, CPU.seed, shape)
     assert len(plan.starts) == len(plan.handed) == 3  # one start noted per step, before the step
     tokens, attributed = plan.work(range(1, 3), collate, shape)
     batches = [collate(m) for step in (1, 2) for m in plan.handed[step]]

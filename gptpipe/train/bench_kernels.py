@@ -30,7 +30,7 @@ def measure(params_path: Path, tokenized: Path, steps: int) -> dict:
     from gptpipe.kernels import in_force
     from gptpipe.models.gpt2 import build_scratch
     from gptpipe.train.flops import ModelShape
-    from gptpipe.train.gpu_profile import TimedPlan, _train, loop_config
+    from gptpipe.train.gpu_profile import TimedPlan, loop_config, train_plan
     from gptpipe.train.objectives import LanguageModelling
     from gptpipe.train.runtime import make_runtime
 
@@ -43,7 +43,7 @@ def measure(params_path: Path, tokenized: Path, steps: int) -> dict:
     shape = ModelShape.from_config(model.config)
     objective = LanguageModelling(model)
     plan = TimedPlan(lm_examples(read_arrow(tokenized / "train.arrow"), "response", ("chosen",)), cfg, seed, runtime.device)
-    _train(objective, plan, cfg, runtime, seed, shape)
+    train_plan(objective, plan, cfg, runtime, seed, shape)
     timed = range(WARMUP_STEPS, WARMUP_STEPS + steps)
     tokens, _ = plan.work(timed, objective.collate, shape)
     return {**in_force(), "tokens_per_s": tokens / (plan.starts[timed.stop] - plan.starts[timed.start])}

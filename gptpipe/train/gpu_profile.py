@@ -114,7 +114,7 @@ def throughput(
     plan = TimedPlan(examples, cfg, shared.seed, runtime.device)
     graphs_before = _graphs()
     _reset_memory(runtime)
-    _train(objective, plan, cfg, runtime, shared.seed, shape)
+    train_plan(objective, plan, cfg, runtime, shared.seed, shape)
     seconds = plan.starts[warmup + steps] - plan.starts[warmup]
     tokens, done = plan.work(range(warmup, warmup + steps), objective.collate, shape)
     row = {
@@ -169,7 +169,7 @@ def op_profile(tokenized: Path, shared: SharedConfig, size: str, batch: int, ste
     cfg = loop_config(batch, warmup + steps + 1)
     examples = lm_examples(read_arrow(tokenized / "train.arrow"), "response", ("chosen",))
     plan = ProfiledPlan(examples, cfg, shared.seed, runtime.device, first=warmup, last=warmup + steps)
-    _train(LanguageModelling(model), plan, cfg, runtime, shared.seed, shape)
+    train_plan(LanguageModelling(model), plan, cfg, runtime, shared.seed, shape)
     averages = plan.profiler.key_averages()
     device_key = "self_device_time_total" if runtime.device.type == "cuda" else "self_cpu_time_total"
     for key in (device_key, "self_cpu_time_total"):
@@ -205,7 +205,7 @@ def memory_row(
     cfg = loop_config(batch, 2, optimizer, checkpointing)
     plan = StepPlan(fixed_examples(batch, width, shared.seed), batch, batch, shared.seed)
     _reset_memory(runtime)
-    metrics = _train(LanguageModelling(model), plan, cfg, runtime, shared.seed, shape)
+    metrics = train_plan(LanguageModelling(model), plan, cfg, runtime, shared.seed, shape)
     memory = metrics["memory"]
     peak = _peak_bytes(runtime)
     static = memory["parameters_bytes"] + memory["gradients_bytes"] + memory["optimizer_state_bytes"]
@@ -279,7 +279,9 @@ def _hf_batch(model, rows: list[list[int]], new_tokens: int, device: torch.devic
 # -- shared helpers ---------------------------------------------------------------------------------
 
 
-def _train(objective, plan, cfg: LoopConfig, runtime: Runtime, seed: int, shape) -> dict[str, Any]:
+def train_plan(objective, plan, cfg: LoopConfig, runtime: Runtime, seed: int, shape) -> dict[str, Any]:
+    """The real training loop over `plan` (no evaluations, a throwaway checkpoint); its metrics.
+    The benches time it through the plan (TimedPlan), not by a loop of their own."""
     with tempfile.TemporaryDirectory() as tmp:
         _, metrics = train(objective, plan, {}, cfg, runtime, seed=seed, checkpoint=Path(tmp) / "p.pt", shape=shape, desc="profile")
     return metrics
