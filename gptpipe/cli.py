@@ -44,15 +44,19 @@ def _fail(err: UserError) -> None:
 @app.command()
 def check(params: ParamsOption = Path("params.yaml")) -> None:
     """Validate params.yaml: every key, type, range and choice, before any work."""
-    from gptpipe.preflight import single_response_problems
+    from gptpipe.preflight import single_response_format, single_response_problems
 
     try:
-        problems = single_response_problems(load_params(params))
+        loaded = load_params(params)
+        problems = single_response_problems(loaded, every_stage=False)
         if problems:  # the data decides which stages can run: fail here, not at the reward stage
             raise UserError(problems[0])
     except UserError as err:
         _fail(err)
-    typer.echo(f"{params}: ok")
+    fmt = single_response_format(loaded)
+    scope = (f" for SFT alone (data.format={fmt}: no rejected responses): `dvc repro generate@sft`; "
+             "dpo and judge@ need preference pairs and refuse") if fmt else ""
+    typer.echo(f"{params}: ok{scope}")
 
 
 @app.command()

@@ -116,8 +116,7 @@ class TokenizeConfig(Section):
     max_length: Annotated[int, Field(ge=16)] = 256
     # A response longer than max_length - min_prompt_tokens is cut from the right (counted).
     min_prompt_tokens: PositiveInt = 8
-    # gpt2: GPT-2's 50,257-token BPE; trained: a byte-level BPE of vocab_size ids (256 bytes, EOT,
-    # merges) that the tokenizer stage trains on the train split.
+    # gpt2: GPT-2's 50,257-token BPE; trained: a byte-level BPE (bytes, EOT, merges) the tokenizer stage fits on train.
     tokenizer: Literal["gpt2", "trained"] = "gpt2"
     vocab_size: Annotated[int, Field(ge=258, le=65536)] = 4096  # trained only; 258: bytes + EOT + 1 merge
 
@@ -248,10 +247,10 @@ class RewardConfig(LoopConfig):
     """The reward model of the reward stage: trained here (the loop's knobs), or a hub classifier."""
 
     # trained: a GPT-2 reward model trained here on the train pairs (Bradley-Terry), initialised from
-    # models/base with a scalar head; hf: an AutoModelForSequenceClassification by hub id or folder.
-    backend: Literal["trained", "hf"] = "trained"
-    # hf backend: hub id or absolute save_pretrained folder (with its tokenizer); it takes
-    # (prompt, response) as a text pair and returns one logit.
+    # models/base with a scalar head; hf: an AutoModelForSequenceClassification by hub id or folder;
+    # none: no judge (SFT-only data, offline): nothing is scored, judge@ refuses.
+    backend: Literal["trained", "hf", "none"] = "trained"
+    # hf backend: hub id or absolute save_pretrained folder (with its tokenizer), one logit per (prompt, response)
     name: str = "OpenAssistant/reward-model-deberta-v3-large-v2"
     # hf backend: the classifier's tokenizer truncates (prompt, response) to this many tokens (a
     # property of the classifier, read wherever it scores: score, judge@, and here)
@@ -327,8 +326,7 @@ class ScalingConfig(Section):
     # FLOP budgets C; each model trains on D = C / 6N tokens (N with embeddings, as Chinchilla).
     budgets: tuple[PositiveFloat, ...] = (1.5e11, 2.25e11)
     eval_samples: PositiveInt = 100  # sequences for each run's final test loss
-    # Sequences per optimizer step. A small budget gives a large model only a few steps at a large
-    # batch; a smaller batch spends the same FLOPs in more steps.
+    # Sequences per optimizer step: a small budget gives a large model few steps at a large batch, more at a small one.
     batch_size: PositiveInt = 1
     # Each run's AdamW: steps follow from the budget; warmup is this, at most a fifth of them.
     lr: PositiveFloat = 0.02
@@ -377,7 +375,7 @@ class Params(Section):
     scaling: ScalingConfig = ScalingConfig()
 
     @model_validator(mode="after")
-    def _sequences_and_adapters_fit_model(self) -> Params:
+    def _sections_agree(self) -> Params:  # sequences fit the model, adapters its projections, the filter its judge
         if self.model.init == "scratch" and self.tokenize.max_length > self.model.n_positions:
             raise ValueError(f"tokenize.max_length: {self.tokenize.max_length} exceeds model.n_positions={self.model.n_positions}")
         hub = [k for k, on in (("model.init=pretrained", self.model.init == "pretrained"), ("scaling.models", self.scaling.fine_tunes)) if on]
@@ -388,6 +386,9 @@ class Params(Section):
             if lora.rank and (wrong := [t for t in lora.targets if t not in allowed]):
                 raise ValueError(f"{section}.lora.targets: {', '.join(wrong)} are not model.arch={self.model.arch} "
                                  f"projections; use some of {', '.join(allowed)}")
+        if self.reward.backend == "none" and self.filter.keep is not None and self.filter.by != "random":
+            raise ValueError(f"filter.by: {self.filter.by} ranks by the judge's rewards and reward.backend=none scores "
+                             "nothing; set filter.by=random (a seeded N) or filter.keep=null (all)")
         return self
 
     @property
@@ -398,8 +399,7 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _processes_share_each_step(self) -> Params:
-        # Checked here, before torchrun starts any process; the loop checks again the micro-batch the
-        # GPU memory plan may choose.
+        # Checked here, before torchrun starts any process; the loop rechecks the micro-batch the GPU plan chooses.
         n = self.shared.processes
         for section in self.trained_sections if n > 1 else []:
             micro_batches = getattr(self, section).grad_accum_steps

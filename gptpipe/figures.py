@@ -80,8 +80,10 @@ def reward_curves(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Non
 
 
 def reward_histograms(frame: Any, path: Path, title: str) -> None:
-    """Chosen rewards (split by the ground truth where known) and chosen − rejected margins."""
+    """Chosen rewards (split by the ground truth where known) and chosen − rejected margins; a
+    response without a score (no judge) or a pair without a margin (no rejected) is left out."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8), dpi=110)
+    frame = frame[frame["chosen_reward"].notna()]
     if "chosen_flawed" in frame:
         flawed = frame["chosen_flawed"].astype(bool)
         left.hist(frame["chosen_reward"][~flawed], bins=40, alpha=0.6, label="sound chosen")
@@ -90,7 +92,7 @@ def reward_histograms(frame: Any, path: Path, title: str) -> None:
     else:
         left.hist(frame["chosen_reward"], bins=40)
     left.set(xlabel="reward", ylabel="pairs", title="chosen responses")
-    right.hist(frame["margin"], bins=40, color="C2")
+    right.hist(frame["margin"].dropna(), bins=40, color="C2")
     right.axvline(0, color="grey", linestyle=":", linewidth=1)
     right.set(xlabel="reward(chosen) − reward(rejected)", ylabel="pairs", title="margins")
     fig.suptitle(title)

@@ -74,11 +74,12 @@ def write_json(path: str | Path, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def write_tsv(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
-    """One row per dict; columns from the first row (every row has the same keys)."""
-    if not rows:
+def write_tsv(path: str | Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
+    """One row per dict; columns from the first row (every row has the same keys) unless given
+    (then no rows is a header alone)."""
+    if not rows and columns is None:
         raise ValueError(f"{path}: no rows to write")
-    columns = list(rows[0])
+    columns = list(columns or rows[0])
     lines = ["\t".join(columns)]
     lines += ["\t".join(_format(row[c]) for c in columns) for row in rows]
     with atomic_path(path) as tmp:

@@ -12,6 +12,7 @@ from pathlib import Path
 from gptpipe.config import Params
 from gptpipe.models.gpt2 import HUB_GPT2
 from gptpipe.data import formats
+from gptpipe.data.batches import SFT_ALONE
 from gptpipe.data.sources import HF_DATASET, _split_file, read_records
 from gptpipe.train.memory_plan import GB, Card, MemoryPlanError, advice, jobs, plan
 
@@ -114,18 +115,26 @@ def _hub_has(kind: str, repo_id: str) -> bool:
     return True
 
 
-def single_response_problems(params: Params) -> list[str]:
-    """Data without a rejected response feeds SFT only: the stages that need preference pairs, in
-    one line. The format is the stated one, or a dir's first train record's."""
+def single_response_format(params: Params) -> str | None:
+    """The data's format when its records have no rejected response (SFT data), else None. The
+    format is the stated one, or a dir's first train record's."""
     fmt = params.data.format
     if fmt == "auto" and params.data.source == "dir":
         path = _split_file(Path(params.data.dir) / params.data.division, "train")
         records = read_records(path) if path else []
         fmt = formats.detect(next((r for r in records if isinstance(r, dict)), None)) or "auto"
-    if fmt not in formats.SINGLE_RESPONSE:
+    return fmt if fmt in formats.SINGLE_RESPONSE else None
+
+
+def single_response_problems(params: Params, every_stage: bool = True) -> list[str]:
+    """Data without a rejected response feeds SFT only: the settings that need preference pairs, in
+    one line. every_stage: the run is the whole of dvc.yaml (`gptpipe repro`), whose dpo needs pairs."""
+    fmt = single_response_format(params)
+    if fmt is None:
         return []
-    needs = (["reward (backend trained)"] if params.reward.backend == "trained" else []) + [
-        "score's rejected rewards", "filter.by margin", "dpo", "evaluate's win rates"]
-    return [f"data.format={fmt}: single responses, no rejected, but {', '.join(needs)} need preference pairs; "
-            "this data reaches SFT through dvc.yaml only once score and filter accept single responses (not yet): "
-            "use preference data (hh or preference) for the whole chain, or `dvc repro tokenize` to prepare it"]
+    needs = (["reward.backend=trained"] if params.reward.backend == "trained" else []) + (
+        ["filter.by=margin"] if params.filter.by == "margin" and params.filter.keep is not None else []) + (
+        ["dpo and judge@ (every stage runs)"] if every_stage else [])
+    if not needs:
+        return []
+    return [f"data.format={fmt}: single responses, no rejected, but {', '.join(needs)} need preference pairs; {SFT_ALONE}"]

@@ -21,6 +21,11 @@ def run(filter_cfg: FilterConfig, seed: int, scored: Path, tokenized: Path, out:
     if frame["id"].tolist() != table.column("id").to_pylist():
         raise UserError(f"{scored}/train.parquet: its pairs differ from {tokenized}/train.arrow; rerun the score stage")
     check_keep_fits(filter_cfg.keep, len(frame))
+    unranked = int(frame[filter_cfg.by].isna().sum()) if filter_cfg.by != "random" else 0
+    if filter_cfg.keep is not None and unranked:  # NaN sorts anywhere: a top N would be arbitrary
+        why = "the judge scored nothing (reward.backend=none)" if frame["chosen_reward"].isna().all() else "they have no rejected response"
+        raise UserError(f"filter.by: {unranked} of {len(frame)} train pairs have no {filter_cfg.by} ({why}); "
+                        "set filter.by=random (a seeded N) or filter.keep=null (all)")
     keep = filter_cfg.keep if filter_cfg.keep is not None else len(frame)
     kept = select(frame, keep, filter_cfg.by, seed)
     with atomic_path(out) as tmp:

@@ -11,7 +11,8 @@ from gptpipe.data.answer_labels import label_answer
 from gptpipe.entry import run_stage
 from gptpipe.evaluation.judge import ground_truth, read_answers, reward_summary
 from gptpipe.files import atomic_path, write_json
-from gptpipe.models.reward import load_scorer
+from gptpipe.errors import UserError
+from gptpipe.models.reward import NoJudge, load_scorer
 from gptpipe.train.runtime import inference_device
 
 
@@ -19,6 +20,9 @@ def run(device: str, score: ScoreConfig, hf_max_length: int, evaluate: EvaluateC
         raw_test: Path, out: Path, metrics: Path) -> dict:
     given = read_answers(answers)
     scorer = load_scorer(reward, score.batch_size, inference_device(device), hf_max_length)
+    if isinstance(scorer, NoJudge):
+        raise UserError(f"judge@{name}: reward.backend=none, so there is no judge to score answers; set "
+                        f"reward.backend=trained (preference data) or hf, or stop at `dvc repro generate@{name}`")
     frame = pd.DataFrame({
         "id": given["id"], "reward": scorer.score(given["prompt"].tolist(), given["response"].tolist(), desc=name),
         "tokens": given["tokens"], "stopped": given["stopped"],

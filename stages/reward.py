@@ -16,7 +16,7 @@ from gptpipe.data.tokenizer import load_tokenizer, read_splits
 from gptpipe.entry import run_stage
 from gptpipe.errors import reading
 from gptpipe.files import write_json, write_tsv
-from gptpipe.models.reward import HFScorer, load_hub_classifier, reward_model_from, save_reward_model
+from gptpipe.models.reward import HFScorer, load_hub_classifier, reward_model_from, save_no_judge, save_reward_model
 from gptpipe.train.checkpoint import discard, run_key
 from gptpipe.train.flops import ModelShape
 from gptpipe.train.loop import evaluate, train
@@ -32,6 +32,8 @@ def run(shared: SharedConfig, reward: RewardConfig, tokenized: Path, raw: Path, 
         out: Path, metrics: Path, plots_dir: Path, checkpoints: Path) -> dict:
     if reward.backend == "hf":
         return _fetch_hub_judge(shared, reward, raw, out, metrics, plots_dir)
+    if reward.backend == "none":
+        return _no_judge(out, metrics, plots_dir)
     runtime = make_runtime(shared)
     data = {split: pair_examples(table) for split, table in read_splits(tokenized).items()}
     torch.manual_seed(shared.seed)  # the scalar head's init: the same params give the same reward model
@@ -78,6 +80,10 @@ def _fetch_hub_judge(shared: SharedConfig, reward: RewardConfig, raw: Path, out:
     for split in ("train", "test"):
         with reading(raw / f"{split}.parquet", "Parquet table"):
             pairs = pd.read_parquet(raw / f"{split}.parquet")
+        pairs = pairs[pairs["rejected"].notna()]  # single responses (SFT data) have no margin to measure
+        if pairs.empty:
+            row[f"{split}_loss"] = row[f"{split}_accuracy"] = None
+            continue
         sample = pairs.iloc[sorted(eval_indices(len(pairs), reward.eval_samples, shared.seed))]
         prompts = sample["prompt"].tolist()
         margin = (scorer.score(prompts, sample["chosen"].tolist(), desc=f"{split} chosen")
@@ -89,6 +95,16 @@ def _fetch_hub_judge(shared: SharedConfig, reward: RewardConfig, raw: Path, out:
                **{f"{split}_{m}": row[f"{split}_{m}"] for split in ("train", "test") for m in ("loss", "accuracy")}}
     write_tsv(plots_dir / "loss.tsv", [row])
     plots.reward_curves([row], plots_dir / "curves.png", f"reward model: {reward.name} (hub weights, not trained here)")
+    write_json(metrics, figures)
+    return figures
+
+
+def _no_judge(out: Path, metrics: Path, plots_dir: Path) -> dict:
+    """reward.backend=none: a marker instead of a model, and outputs that say so."""
+    save_no_judge(out)
+    figures = {"backend": "none", "name": "none"}
+    write_tsv(plots_dir / "loss.tsv", [], columns=SERIES_COLUMNS)
+    plots.reward_curves([], plots_dir / "curves.png", "no reward model (reward.backend=none)")
     write_json(metrics, figures)
     return figures
 

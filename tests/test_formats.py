@@ -5,6 +5,7 @@ import gzip
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -136,13 +137,18 @@ def test_check_refuses_pair_stages_on_single_responses(tmp_path):
     folder = _folder(tmp_path, "jsonl", ALPACA)
     detected = single_response_problems(parse_params({"data": {"source": "dir", "dir": str(folder)}}))
     assert len(detected) == 1 and "\n" not in detected[0]
-    assert detected[0].startswith("data.format=alpaca: single responses") and "reward (backend trained)" in detected[0]
-    assert "dpo" in detected[0]
+    assert detected[0].startswith("data.format=alpaca: single responses") and "reward.backend=trained" in detected[0]
+    assert "dpo" in detected[0] and "`dvc repro generate@sft`" in detected[0]
     hh = tmp_path / "hh"
     pairs = [GOOD["hh"][0]]
     assert single_response_problems(parse_params({"data": {"source": "dir", "dir": str(_folder(hh, "json", pairs))}})) == []
-    stated = single_response_problems(parse_params({"data": {"format": "sharegpt"}, "reward": {"backend": "hf"}}))
-    assert len(stated) == 1 and "reward (backend trained)" not in stated[0]
+    # `gptpipe repro` runs every stage, and dpo needs pairs whatever the judge ...
+    stated = parse_params({"data": {"format": "sharegpt"}, "reward": {"backend": "hf"}})
+    assert len(single_response_problems(stated)) == 1 and "reward.backend=trained" not in single_response_problems(stated)[0]
+    # ... where SFT alone (`gptpipe check`, then `dvc repro generate@sft`) needs only a judge that scores single responses
+    assert single_response_problems(stated, every_stage=False) == []
+    ranked = parse_params({"data": {"format": "sharegpt"}, "reward": {"backend": "hf"}, "filter": {"keep": 20, "by": "margin"}})
+    assert "filter.by=margin" in single_response_problems(ranked, every_stage=False)[0]
 
 
 def test_gptpipe_check_fails_in_one_line_on_single_responses(tmp_path):
@@ -155,4 +161,47 @@ def test_gptpipe_check_fails_in_one_line_on_single_responses(tmp_path):
     params.write_text(f"data:\n  source: dir\n  dir: {folder}\n")
     result = CliRunner().invoke(app, ["check", "--params", str(params)])
     assert result.exit_code != 0
-    assert "data.format=alpaca: single responses" in result.output and "dpo" in result.output
+    assert "data.format=alpaca: single responses" in result.output and "reward.backend=none" in result.output
+    params.write_text(f"data:\n  source: dir\n  dir: {folder}\nreward:\n  backend: none\n")
+    result = CliRunner().invoke(app, ["check", "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    assert "ok for SFT alone (data.format=alpaca" in result.output and "`dvc repro generate@sft`" in result.output
+
+
+def test_stages_that_learn_from_pairs_refuse_single_responses_in_one_line(tmp_path):
+    from gptpipe.data.batches import pair_examples
+    from gptpipe.errors import UserError
+
+    table = pa.table({"prompt_ids": [[1, 2], [3]], "chosen_ids": [[4], [5]], "rejected_ids": [[6], None]})
+    with pytest.raises(UserError) as refused:
+        pair_examples(table)
+    assert "1 of 2 records have no rejected response" in str(refused.value) and "\n" not in str(refused.value)
+    assert len(pair_examples(table.slice(0, 1))) == 1
+
+
+def test_no_judge_scores_nothing_and_a_judge_scores_single_responses_chosen_only():
+    import pandas as pd
+
+    from gptpipe.data.subsets import filter_metrics, select
+    from gptpipe.evaluation.scores import score_pairs, summarise_scores
+    from gptpipe.models.reward import NoJudge
+
+    pairs = pd.DataFrame({"id": ["a", "b", "c"], "prompt": ["p"] * 3, "chosen": ["x", "yy", "zzz"], "rejected": ["w", None, None]})
+    unscored = score_pairs(pairs, NoJudge(), "train")
+    assert unscored["chosen_reward"].isna().all() and unscored["margin"].isna().all()
+    summary = summarise_scores(unscored)
+    assert summary["pairwise_accuracy"] is None and summary["mean_chosen_reward"] is None  # JSON null, never NaN
+    assert filter_metrics(unscored, select(unscored, 3, "chosen_reward", 0), "chosen_reward")["threshold"] is None
+
+    class Lengths:  # a judge that prefers longer responses, and records what it was asked to score
+        name, asked = "lengths", []
+
+        def score(self, prompts, responses, desc=""):
+            self.asked.append(list(responses))
+            return np.array([float(len(r)) for r in responses])
+
+    judge = Lengths()
+    scored = score_pairs(pairs, judge, "train")
+    assert judge.asked == [["x", "yy", "zzz"], ["w"]]  # no None handed to a judge
+    assert scored["chosen_reward"].tolist() == [1.0, 2.0, 3.0] and scored["margin"].isna().tolist() == [False, True, True]
+    assert summarise_scores(scored)["pairwise_accuracy"] == 0.5  # the one pair with a margin: a tie counts half

@@ -175,9 +175,17 @@ class PairBatch:
         return self
 
 
+# How to run what SFT-only data can feed: the one wording for every place that refuses it.
+SFT_ALONE = ("to train SFT alone set reward.backend=none (or hf: a hub judge scores single responses) "
+             "and run `dvc repro generate@sft`")
+
+
 def pair_examples(table: pa.Table, ref: Sequence[tuple[float, float]] | None = None) -> list[PairExample]:
     """Preference pairs of a tokenized split, with the reference log-probs (chosen, rejected) if given."""
     columns = [table.column(c).to_pylist() for c in ("prompt_ids", "chosen_ids", "rejected_ids")]
+    if single := sum(r is None for r in columns[2]):
+        raise UserError(f"{single} of {table.num_rows} records have no rejected response (SFT data), and a trained "
+                        f"judge and DPO learn from preference pairs; {SFT_ALONE}")
     if ref is not None and len(ref) != table.num_rows:
         raise ValueError(f"{len(ref)} reference log-prob pairs for {table.num_rows} pairs")
     return [

@@ -23,16 +23,22 @@ def select(frame: pd.DataFrame, size: int, by: str, seed: int) -> np.ndarray:
     return np.sort(order[:size])
 
 
+def mean_or_none(values: pd.Series) -> float | None:
+    """The mean of the scored values; None (JSON null, not NaN) where none was scored."""
+    values = values.dropna()
+    return float(values.mean()) if len(values) else None
+
+
 def filter_metrics(frame: pd.DataFrame, kept: np.ndarray, by: str) -> dict[str, Any]:
     mask = np.zeros(len(frame), bool)
     mask[kept] = True
     metrics: dict[str, Any] = {
         "by": by, "kept": int(mask.sum()), "total": len(frame),
-        "threshold": None if by == "random" else float(frame[by][mask].min()),
+        "threshold": None if by == "random" else mean_or_none(frame[by][mask].nsmallest(1)),  # the lowest kept
     }
-    for column in ("chosen_reward", "margin"):
-        metrics[f"mean_{column}_kept"] = float(frame[column][mask].mean())
-        metrics[f"mean_{column}_dropped"] = float(frame[column][~mask].mean()) if (~mask).any() else None
+    for column in ("chosen_reward", "margin"):  # None where unscored (no judge) or no rejected (SFT data)
+        metrics[f"mean_{column}_kept"] = mean_or_none(frame[column][mask])
+        metrics[f"mean_{column}_dropped"] = mean_or_none(frame[column][~mask])
     if "chosen_flawed" in frame:  # how much of the filtered set is flawed, by the ground truth
         flawed = frame["chosen_flawed"].to_numpy(bool)
         metrics["flawed_fraction_kept"] = float(flawed[mask].mean())

@@ -165,6 +165,26 @@ class HFScorer:
         return question, response
 
 
+class NoJudge:
+    """reward.backend=none: every response scores NaN, so the score stage still lists every pair (the
+    filter reads its ids) and no number pretends to be a judgement."""
+
+    name = "none"
+
+    def __init__(self):
+        self.speed = ScoringSpeed()
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str], desc: str = "scoring") -> np.ndarray:
+        return np.full(len(responses), np.nan)
+
+
+def save_no_judge(out: Path) -> None:
+    """models/reward for reward.backend=none: only the marker saying there is no judge."""
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        (tmp / MARKER).write_text(json.dumps({"backend": "none", "name": "none"}, indent=2) + "\n")
+
+
 def judge_question(prompt: str) -> str:
     """The user's last turn of an HH prompt, without its markers."""
     last = prompt[prompt.rfind(HUMAN) + len(HUMAN) :] if HUMAN in prompt else prompt
@@ -184,13 +204,15 @@ def _batched(items: Sequence, batch_size: int, score_batch, speed: ScoringSpeed,
     return scores
 
 
-def load_scorer(folder: Path, batch_size: int, device: torch.device, max_length: int = 512) -> GPT2Scorer | HFScorer:
+def load_scorer(folder: Path, batch_size: int, device: torch.device, max_length: int = 512) -> GPT2Scorer | HFScorer | NoJudge:
     """The scorer a reward stage saved in `folder` (its marker says which backend)."""
     marker = Path(folder) / MARKER
     if not marker.is_file():
         raise UserError(f"{folder}: holds no reward model ({MARKER} missing); run the reward stage (dvc repro reward)")
     with reading(folder, "reward model"):
         record = json.loads(marker.read_text())
+        if record["backend"] == "none":
+            return NoJudge()
         if record["backend"] == "trained":
             model = AutoModelForSequenceClassification.from_pretrained(folder)
             return GPT2Scorer(model, record["name"], batch_size, device, load_tokenizer(folder))
