@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -48,8 +50,26 @@ def hh_dir() -> Path:
 @pytest.fixture(scope="session")
 def repro_project(tmp_path_factory) -> Path:
     """This project with the tiny params in a fresh git repo, after the real `dvc repro`. Shared by
-    the modules that drive DVC; each test leaves it as it found it (`git checkout -- .`, `gptpipe restore`)."""
-    return tiny_repro(tmp_path_factory.mktemp("project"))
+    the modules that drive DVC; each test leaves it as it found it (`git checkout -- .`, `gptpipe restore`).
+
+    The repro (~6 minutes of CPU) runs once per test run, not once per xdist worker: the first worker
+    to ask builds it under a file lock in the run's shared temp folder, and each worker works on its
+    own copy (DVC and git locate everything relative to the project, so a copy is a project)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's folder, above each worker's popen-gw<N>
+    built = shared / "repro_project"
+    with open(shared / "repro_project.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (built / ".tiny_repro_done").exists():
+            shutil.rmtree(built, ignore_errors=True)  # a build that failed half-way
+            built.mkdir()
+            tiny_repro(built)
+            (built / ".tiny_repro_done").touch()
+    mine = tmp_path_factory.mktemp("project")
+    shutil.copytree(built, mine, symlinks=True, dirs_exist_ok=True)
+    (mine / ".tiny_repro_done").unlink()
+    return mine
 
 
 @pytest.fixture(scope="session")
