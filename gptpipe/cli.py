@@ -316,9 +316,10 @@ def study(
     name: Annotated[str, typer.Argument(help="optimizers | lora | data-quality | scaling | architecture | tokenizer | seeds (the default recipe: sft vs base, dpo vs sft)")],
     report: Annotated[bool, typer.Option("--report", help="Rebuild the table from experiments already run.")] = False,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Run each point over this many seeds (shared.seed, +1, ...); the table shows mean and spread.")] = 1,
+    points: Annotated[list[str] | None, typer.Option("--points", help="Run only these points (repeatable), e.g. --points adamw --points muon; written as <name>-<points>.")] = None,
 ) -> None:
     """Run a study as DVC experiments (one per point and seed) and compile its table, verdicts and PNG."""
-    from gptpipe.studies.definitions import STUDIES, run_study
+    from gptpipe.studies.definitions import STUDIES, output_name, run_study
     from gptpipe.tables import markdown_table
 
     if name not in STUDIES:
@@ -326,11 +327,12 @@ def study(
     try:
         if not report:
             load_params(Path("params.yaml"))  # bad params fail before any experiment is queued
-        table = run_study(STUDIES[name], report_only=report, seeds=seeds)
+        table = run_study(STUDIES[name], report_only=report, seeds=seeds, only=points or ())
     except UserError as err:
         _fail(err)
     typer.echo(markdown_table(table))
-    typer.echo(f"\nwritten: plots/studies/{name}.md, .csv, .png; metrics/studies/{name}.json")
+    written = output_name(STUDIES[name], points or ())
+    typer.echo(f"\nwritten: plots/studies/{written}.md, .csv, .png; metrics/studies/{written}.json")
 
 
 @app.command()

@@ -231,3 +231,17 @@ def test_the_study_commands_help_names_every_study():
 
     argument = typing.get_args(typing.get_type_hints(study, include_extras=True)["name"])[1]
     assert all(name in argument.help.split(" (")[0].split(" | ") for name in STUDIES)
+
+
+def test_points_runs_the_named_points_in_study_order_under_their_own_name(tmp_path, monkeypatch):
+    from gptpipe.errors import UserError
+    from gptpipe.studies.definitions import STUDIES, chosen_points, output_name
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("shared:\n  seed: 1\n")
+    study = STUDIES["optimizers"]
+    assert [p.label for p in chosen_points(study, ["muon", "adamw"])] == ["adamw", "muon"]
+    assert output_name(study, ["muon", "adamw", "adafactor"]) == "optimizers-adamw-muon-adafactor"
+    assert output_name(study, ()) == "optimizers" and len(chosen_points(study, ())) == len(study.points())
+    with pytest.raises(UserError, match="--points: lion not in study optimizers; its points: sgd, momentum"):
+        chosen_points(study, ["adamw", "lion"])

@@ -390,14 +390,16 @@ STUDIES = {
 }
 
 
-def run_study(study: Study, *, report_only: bool, seeds: int = 1) -> pd.DataFrame:
+def run_study(study: Study, *, report_only: bool, seeds: int = 1, only: Sequence[str] = ()) -> pd.DataFrame:
     """Run (or with report_only, recompile) a study: each point once per seed, its table (the mean
-    over seeds with their spread), the judge-free verdicts, the record and the curves' PNG."""
-    record = RECORDS / f"{study.name}.json"
+    over seeds with their spread), the judge-free verdicts, the record and the curves' PNG.
+    only: these points alone, written as <study>-<points> beside the whole study's files."""
+    points, name = chosen_points(study, only), output_name(study, only)
+    record = RECORDS / f"{name}.json"
     if report_only:
         baseline, seeds = recorded_baseline(record), recorded_seeds(record)
     params = load_params("params.yaml")
-    runs = seeded_points(study.points(), seeds, params.shared.seed)
+    runs = seeded_points(points, seeds, params.shared.seed)
     if not report_only:
         baseline = run_points(study.name, [run for run, _, _ in runs], study.target)
     results = collect(study.name, [run.label for run, _, _ in runs], baseline, [SFT_SERIES])
@@ -410,12 +412,26 @@ def run_study(study: Study, *, report_only: bool, seeds: int = 1) -> pd.DataFram
         table = mean_over_seeds(table)
     confidence = params.evaluate.confidence
     verdicts = study_verdicts(study, results, point_of, seeds, confidence)
-    write_table(table, TABLES, study.name, [*study.notes(results), *seed_note(seeds)],
+    write_table(table, TABLES, name, [*study.notes(results), *seed_note(seeds)],
                 verdicts=verdict_lines(verdicts, confidence))
-    write_record(record, study.name, baseline, table, verdicts=verdicts, seeds=seeds)
+    write_record(record, name, baseline, table, verdicts=verdicts, seeds=seeds)
     curves = {r.label: r.series[SFT_SERIES] for r in results}
-    plots.study_curves(curves, TABLES / f"{study.name}.png", study.title)
+    plots.study_curves(curves, TABLES / f"{name}.png", study.title)
     return table
+
+
+def chosen_points(study: Study, only: Sequence[str]) -> list[Point]:
+    """The study's points, or those named in `only` (in the study's order); an unknown name is an error."""
+    points = list(study.points())
+    labels = [p.label for p in points]
+    if unknown := [label for label in only if label not in labels]:
+        raise UserError(f"--points: {', '.join(unknown)} not in study {study.name}; its points: {', '.join(labels)}")
+    return [p for p in points if p.label in only] if only else points
+
+
+def output_name(study: Study, only: Sequence[str]) -> str:
+    """What the files of a run of these points are called: the study's name, or <study>-<points>."""
+    return "-".join([study.name, *(p.label for p in chosen_points(study, only))]) if only else study.name
 
 
 def study_verdicts(study: Study, results: list[Result], point_of: dict[str, tuple[str, int]], seeds: int,
