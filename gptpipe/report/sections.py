@@ -206,9 +206,16 @@ SECTIONS: tuple[Section, ...] = (
     )),
     Section("optimizers", "Optimizer comparison", (
         _study("optimizers", ("train",), "SFT by optimizer: loss, speed and memory"),
+        _study("optimizers-adamw-muon-adafactor", ("train",), "Muon and Adafactor against AdamW"),
     )),
     Section("lora", "LoRA vs full fine-tuning across ranks", (
         _study("lora", ("train",), "SFT with LoRA ranks and full fine-tuning"),
+    )),
+    Section("architecture", "GPT-2 against its llama variant (RoPE, GQA, SwiGLU, RMSNorm)", (
+        _study("architecture", ("model", "base"), "GPT-2 and the llama variant by query heads per K/V head"),
+    )),
+    Section("tokenizer", "GPT-2's BPE against tokenizers trained here", (
+        _study("tokenizer", ("tokenize",), "SFT in bits per byte by tokenizer"),
     )),
     Section("quality", "Reward model and data quality", (
         _stage("reward", "Reward model", "metrics/reward.json", ("reward",), typed(reward_findings, RewardMetrics)),
