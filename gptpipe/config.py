@@ -238,8 +238,8 @@ class SftConfig(LoopConfig):
     eval_every: PositiveInt = 250
     checkpoint_every: PositiveInt = 200
 
-    # Loss on the response only (prompt masked), also the prompt's earlier assistant turns, or all tokens.
-    loss_on: Literal["response", "assistant_turns", "all"] = "response"
+    # Loss on the response, also earlier assistant turns, all tokens; auto: data/loss_targets.py
+    loss_on: Literal["auto", "response", "assistant_turns", "all"] = "auto"
     lora: LoraConfig = LoraConfig()
 
 

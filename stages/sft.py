@@ -9,6 +9,7 @@ from gptpipe.config import SftConfig, SharedConfig, load_params
 from gptpipe.data.batches import lm_examples
 from gptpipe.data.subsets import sound_test_pairs
 from gptpipe.data.tokenizer import encode, load_tokenizer, read_arrow
+from gptpipe.data.loss_targets import loss_on_for_data
 from gptpipe.data.turns import TurnMarkers
 from gptpipe.entry import run_stage
 from gptpipe.files import write_json, write_tsv
@@ -22,7 +23,8 @@ from gptpipe.train.memory_plan import check_host_memory
 
 
 def run(shared: SharedConfig, train: SftConfig, subset: Path, tokenized: Path, raw_test: Path | None, base: Path,
-        out: Path, metrics: Path, plots_dir: Path, checkpoints: Path) -> dict:
+        out: Path, metrics: Path, plots_dir: Path, checkpoints: Path, data_metrics: Path) -> dict:
+    loss_on = loss_on_for_data(train.loss_on, data_metrics)
     runtime = make_runtime(shared)
     tables = {"train": read_arrow(subset), "test": read_arrow(tokenized / "test.arrow")}
     sound = sound_test_pairs(tables["test"], raw_test) if raw_test is not None else None
@@ -30,7 +32,7 @@ def run(shared: SharedConfig, train: SftConfig, subset: Path, tokenized: Path, r
         tables["test_sound"] = sound
     vocab = load_tokenizer(base)  # the base model's own: saved beside it when trained, else GPT-2's
     markers = TurnMarkers.encoded_by(lambda text: encode(text, vocab))  # this tokenizer's ids for HH's markers
-    data = {name: lm_examples(t, train.loss_on, ("chosen",), markers) for name, t in tables.items()}
+    data = {name: lm_examples(t, loss_on, ("chosen",), markers) for name, t in tables.items()}
     model = load_model(base)
     add_lora(model, train.lora, shared.seed)
     inputs = [subset, tokenized / "test.arrow", *([raw_test] if raw_test else []), *sorted(base.glob("*.safetensors"))]
@@ -38,6 +40,7 @@ def run(shared: SharedConfig, train: SftConfig, subset: Path, tokenized: Path, r
     checkpoint = checkpoints / f"sft-{key}.pt"
     state, figures = fit_language_model(model, data, train, runtime, seed=shared.seed, checkpoint=checkpoint, desc="sft",
                                         token_bytes=vocab.token_bytes())
+    figures["loss_on"] = loss_on  # as applied: auto resolved by the data's format
     figures["lora_rank"] = train.lora.rank
     figures["trainable_fraction"] = round(figures["trainable_parameters"] / figures["parameters"], 6)
     with full_weights(model):  # a collective under FSDP: every rank gathers, the main one saves
@@ -52,10 +55,10 @@ def run(shared: SharedConfig, train: SftConfig, subset: Path, tokenized: Path, r
 
 
 def main(subset: Path, tokenized: Path, raw_test: Path, base: Path, out: Path, metrics: Path, plots: Path,
-         checkpoints: Path) -> None:
+         checkpoints: Path, data_metrics: Path) -> None:
     params = load_params("params.yaml")
     check_host_memory(params, "train")  # before any work: a CPU run that cannot fit stops here
-    run(params.shared, params.train, subset, tokenized, raw_test, base, out, metrics, plots, checkpoints)
+    run(params.shared, params.train, subset, tokenized, raw_test, base, out, metrics, plots, checkpoints, data_metrics)
 
 
 if __name__ == "__main__":

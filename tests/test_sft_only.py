@@ -41,7 +41,7 @@ def _project(root: Path, data_dir: Path) -> Path:
     copy_tracked(project)
     params = merge(yaml.safe_load((project / "params.yaml").read_text()), TINY)
     params = merge(params, {"data": {"source": "dir", "dir": str(data_dir), "max_drop_fraction": 0.1},
-                            "reward": {"backend": "none"}, "train": {"loss_on": "assistant_turns"},
+                            "reward": {"backend": "none"},  # train.loss_on stays auto
                             "generate": {"n_prompts": 6}})
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(project, "git", "init", "-q", "-b", "main")
@@ -62,7 +62,9 @@ def test_sharegpt_conversations_train_sft_alone_through_dvc_and_pair_stages_refu
     assert data["format"] == "sharegpt" and data["preference"] is False
     assert sum(data["train"]["dropped"].values()) == 1 and data["train"]["kept"] == 48  # the malformed one, counted
 
-    # Every assistant turn is counted, each ending in the "\n\nHuman:" that closes it; human turns are not.
+    # train.loss_on auto on conversations: every assistant turn is counted, each ending in the
+    # "\n\nHuman:" that closes it; human turns are not.
+    assert json.loads((project / "metrics/sft.json").read_text())["loss_on"] == "assistant_turns"
     train = read_arrow(project / "data/tokenized/train.arrow")
     assert train.column("rejected_ids").null_count == train.num_rows == 48
     first = lm_examples(train.slice(0, 1), "assistant_turns", ("chosen",), MARKERS)[0]

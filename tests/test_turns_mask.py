@@ -13,6 +13,9 @@ import torch
 from gptpipe.config import SftConfig, TokenizeConfig
 from gptpipe.data.batches import IGNORE, LMExample, collate, lm_examples
 from gptpipe.data.hh import ASSISTANT, HUMAN, split_dialogue
+from gptpipe.data.formats import FORMATS
+from gptpipe.data.loss_targets import loss_on_for, loss_on_for_data
+from gptpipe.errors import UserError
 from gptpipe.data.tokenizer import Gpt2Bpe, decode, encode, read_arrow, tokenize_split
 from gptpipe.data.turns import TurnMarkers, assistant_spans, find_markers
 from gptpipe.models.gpt2 import build_scratch
@@ -175,6 +178,20 @@ def test_sft_under_assistant_turns_learns_the_earlier_turns_response_does_not(ti
     assert len(test) > 10 and after["assistant_turns"] < after["response"] - 0.3 < before
 
 
-def test_config_accepts_assistant_turns_and_defaults_to_response():
-    assert SftConfig().loss_on == "response"
+def test_loss_on_defaults_to_auto_every_assistant_turn_of_conversations_the_response_of_the_rest():
+    assert SftConfig().loss_on == "auto"
     assert SftConfig(loss_on="assistant_turns").loss_on == "assistant_turns"
+    resolved = {fmt: loss_on_for("auto", fmt) for fmt in FORMATS[1:]}
+    assert resolved == {"hh": "response", "prompt-completion": "response", "preference": "response",
+                        "messages": "assistant_turns", "alpaca": "response", "sharegpt": "assistant_turns"}
+    assert {loss_on_for(chosen, "sharegpt") for chosen in ("response", "all")} == {"response", "all"}  # as set
+
+
+def test_loss_on_auto_reads_the_recorded_format_and_names_the_way_when_it_is_missing(tmp_path):
+    data_metrics = tmp_path / "data.json"
+    with pytest.raises(UserError, match="run `dvc repro download` first, or set train.loss_on"):
+        loss_on_for_data("auto", data_metrics)
+    data_metrics.write_text(json.dumps({"format": "messages"}))
+    assert loss_on_for_data("auto", data_metrics) == "assistant_turns"
+    with pytest.raises(ValueError, match="loss_on='auto'"):  # the mask never guesses: auto is resolved first
+        lm_examples(_table([DIALOGUE]), "auto", ("chosen",), MARKERS)

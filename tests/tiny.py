@@ -6,6 +6,7 @@ from gptpipe.train.flops import ModelShape
 from gptpipe.models.gpt2 import build_scratch
 from gptpipe.train.objectives import LanguageModelling
 from gptpipe.data.tokenizer import encode, read_arrow
+from gptpipe.data.loss_targets import loss_on_for
 from gptpipe.data.turns import TurnMarkers
 from gptpipe.train.loop import train
 from gptpipe.train.runtime import make_runtime
@@ -30,7 +31,7 @@ TINY = {
 
 def run_tiny(tiny_params, tokenized, tmp_path, cfg: LoopConfig, seed: int = 0, evaluate_start: bool = True):
     markers = TurnMarkers.encoded_by(encode)
-    data = {s: lm_examples(read_arrow(tokenized / f"{s}.arrow"), cfg.loss_on, ("chosen",), markers) for s in ("train", "test")}
+    data = {s: lm_examples(read_arrow(tokenized / f"{s}.arrow"), loss_on_for(cfg.loss_on, "hh"), ("chosen",), markers) for s in ("train", "test")}
     model = build_scratch(tiny_params.model, seed)
     state, metrics = train(
         LanguageModelling(model), StepPlan(data["train"], cfg.batch_size, cfg.micro_batch_size, seed),

@@ -20,6 +20,9 @@ from gptpipe.data.hh import (
 
 FORMATS = ("auto", "hh", "prompt-completion", "preference", "messages", "alpaca", "sharegpt")
 SINGLE_RESPONSE = ("prompt-completion", "messages", "alpaca", "sharegpt")  # no rejected: SFT only
+# Conversations written to be trained on, every assistant turn a target (FastChat's and TRL's SFT data).
+# HH and preference prompts hold earlier turns as shared context for a comparison: not targets.
+CONVERSATIONS = ("messages", "sharegpt")
 
 BAD_ROLE = "bad_role"  # a turn whose role is none of system/user/assistant (human/gpt in ShareGPT)
 ROLES = {"user": "Human", "human": "Human", "assistant": "Assistant", "gpt": "Assistant"}

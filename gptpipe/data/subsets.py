@@ -29,12 +29,18 @@ def mean_or_none(values: pd.Series) -> float | None:
     return float(values.mean()) if len(values) else None
 
 
+def min_or_none(values: pd.Series) -> float | None:
+    """The smallest scored value; None (JSON null) where none was scored."""
+    values = values.dropna()
+    return float(values.min()) if len(values) else None
+
+
 def filter_metrics(frame: pd.DataFrame, kept: np.ndarray, by: str) -> dict[str, Any]:
     mask = np.zeros(len(frame), bool)
     mask[kept] = True
     metrics: dict[str, Any] = {
         "by": by, "kept": int(mask.sum()), "total": len(frame),
-        "threshold": None if by == "random" else mean_or_none(frame[by][mask].nsmallest(1)),  # the lowest kept
+        "threshold": None if by == "random" else min_or_none(frame[by][mask]),  # the lowest kept
     }
     for column in ("chosen_reward", "margin"):  # None where unscored (no judge) or no rejected (SFT data)
         metrics[f"mean_{column}_kept"] = mean_or_none(frame[column][mask])

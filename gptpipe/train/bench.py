@@ -45,12 +45,14 @@ from gptpipe.models.gpt2 import build_scratch
 from gptpipe.train.objectives import LanguageModelling
 from gptpipe.train.optim import learning_rate
 from gptpipe.data.tokenizer import EOT_ID, encode, read_arrow
+from gptpipe.data.loss_targets import loss_on_for_data
 from gptpipe.data.turns import TurnMarkers
 from gptpipe.train.loop import train
 from gptpipe.train.runtime import Runtime, make_runtime
 
 # Untimed steps first: the first steps allocate the optimizer state, grow the allocator's pools and
 # (in HF) take the longest batch, which LengthGroupedSampler puts first on purpose.
+DATA_METRICS = Path("metrics/data.json")  # the download stage's record: the data's format (train.loss_on auto)
 WARMUP_STEPS = 2
 # Batches on which the two losses are compared before training.
 PARITY_BATCHES = 3
@@ -384,7 +386,7 @@ def compare_with_trainer(params: Params, tokenized: Path, steps: int) -> dict[st
     runtime = make_runtime(params.shared)
     if runtime.autocast_dtype is not None:
         raise UserError("shared.dtype: the Trainer comparison is fp32 only; set shared.dtype=float32")
-    examples = sft_examples(tokenized, params.train.loss_on)
+    examples = sft_examples(tokenized, loss_on_for_data(params.train.loss_on, DATA_METRICS))
     parity = loss_parity(*_twin_models(params), _parity_batches(params, examples))
     theirs, trained = run_trainer(params, examples, steps, runtime)
     ours, loop_metrics = run_gptpipe(params, trained, steps, runtime)
