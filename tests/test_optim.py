@@ -126,3 +126,28 @@ def test_muon_state_round_trips_through_a_state_dict(tiny_params):
     step(model, optimizer, 2), step(copy, resumed, 2)
     for (n, p), q in zip(model.named_parameters(), copy.parameters()):
         assert torch.equal(q, p), n  # momentum and AdamW moments came back, in the right groups
+
+
+def test_adafactor_steps_no_further_than_the_weights_rms_over_root_t_whatever_its_lr():
+    """torch.optim.Adafactor's step is min(lr, 1/sqrt(t)) times the weights' RMS (its relative step):
+    an lr above 1/sqrt(t) changes nothing. So raising the study's Adafactor lr (0.15, past 1/sqrt(t)
+    from step 45) cannot make it take larger steps; a smaller lr only makes them smaller."""
+    start = torch.randn(16, 12, generator=torch.Generator().manual_seed(0)) * 0.02
+
+    def weights_after(lr: float, steps: int = 30) -> torch.Tensor:
+        weight = torch.nn.Parameter(start.clone())
+        optimizer = torch.optim.Adafactor([weight], lr=lr)
+        gradients = torch.Generator().manual_seed(1)
+        for _ in range(steps):
+            weight.grad = torch.randn(16, 12, generator=gradients)
+            optimizer.step()
+        return weight.detach()
+
+    assert torch.equal(weights_after(1.0), weights_after(100.0))  # 1/sqrt(t) <= 1 from the first step
+    assert not torch.equal(weights_after(0.1), weights_after(1.0))  # 0.1 < 1/sqrt(t) for t < 100
+    rms = float(start.pow(2).mean().sqrt())
+    one = torch.nn.Parameter(start.clone())
+    optimizer = torch.optim.Adafactor([one], lr=100.0)
+    one.grad = torch.outer(torch.linspace(0.5, 2.0, 16), torch.linspace(-1.0, 3.0, 12))
+    optimizer.step()  # t = 1, a rank-1 gradient: its factored moments are exact, the update is sign(g), RMS 1
+    assert float((one.detach() - start).pow(2).mean().sqrt()) == pytest.approx(rms, rel=1e-5)

@@ -158,8 +158,17 @@ def optimizer_notes(results: list[Result]) -> list[str]:
         "trainable parameters, or GaLore's projector + rank-r moments. rest = peak process memory "
         "(RSS on CPU, max_memory_allocated on CUDA) minus those tensors: on CPU it is mostly the "
         "Python/torch runtime and activations.",
+        *_adafactor_note(results),
         _regime(results),
     ]
+
+
+def _adafactor_note(results: list[Result]) -> list[str]:
+    if not any(r.metrics[SFT_METRICS]["optimizer"] == "adafactor" for r in results):
+        return []
+    return ["Adafactor (torch.optim.Adafactor) steps by min(lr, 1/sqrt(t)) times the weights' RMS, without "
+            "momentum: an lr above 1/sqrt(t) changes nothing (tests/test_optim.py), so a larger lr cannot "
+            "make its steps larger; a smaller one only shrinks them."]
 
 
 def lora_notes(results: list[Result]) -> list[str]:
