@@ -316,7 +316,7 @@ def study(
     name: Annotated[str, typer.Argument(help="optimizers | lora | data-quality | scaling | architecture | tokenizer | seeds (the default recipe: sft vs base, dpo vs sft)")],
     report: Annotated[bool, typer.Option("--report", help="Rebuild the table from experiments already run.")] = False,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Run each point over this many seeds (shared.seed, +1, ...); the table shows mean and spread.")] = 1,
-    points: Annotated[list[str] | None, typer.Option("--points", help="Run only these points (repeatable), e.g. --points adamw --points muon; written as <name>-<points>.")] = None,
+    points: Annotated[list[str] | None, typer.Option("--points", help="Run only these points (repeatable), e.g. --points adamw --points muon; name@lr runs a point at another lr (muon@0.01: an lr sweep); written as <name>-<points>.")] = None,
 ) -> None:
     """Run a study as DVC experiments (one per point and seed) and compile its table, verdicts and PNG."""
     from gptpipe.studies.definitions import STUDIES, output_name, run_study

@@ -245,3 +245,14 @@ def test_points_runs_the_named_points_in_study_order_under_their_own_name(tmp_pa
     assert output_name(study, ()) == "optimizers" and len(chosen_points(study, ())) == len(study.points())
     with pytest.raises(UserError, match="--points: lion not in study optimizers; its points: sgd, momentum"):
         chosen_points(study, ["adamw", "lion"])
+    # name@lr: the point at another lr, under its own label (an lr sweep), compared with AdamW as the point is
+    swept = chosen_points(study, ["muon@0.01", "adamw", "muon", "muon@1e-3"])
+    assert [p.label for p in swept] == ["adamw", "muon", "muon-lr0.001", "muon-lr0.01"]
+    assert swept[3].overrides == {"train.optimizer": "muon", "train.lr": 0.01}
+    assert ("muon-lr0.01", "adamw") in study.comparisons([p.label for p in swept])
+    assert output_name(study, ["adamw", "muon@0.01"]) == "optimizers-adamw-muon-lr0.01"
+    for bad, says in (("muon@fast", "'fast' is not a positive learning rate"), ("muon@-1", "'-1' is not a positive")):
+        with pytest.raises(UserError, match=says):
+            chosen_points(study, [bad])
+    with pytest.raises(UserError, match="point 2x64 sets no learning rate"):
+        chosen_points(STUDIES["scaling"], ["2x64@0.1"])
