@@ -28,9 +28,11 @@ def run_base(params, tokenized, out, metrics, plots):
 
 
 def run_sft(params, tokenized, base_dir, out, metrics, plots, train_pairs=None, raw_test=None):
-    # raw_test None: data without ground truth (dvc.yaml always passes data/raw/test.parquet)
+    # raw_test None: data without ground truth (dvc.yaml always passes data/raw/test.parquet).
+    # The download's metrics (train.loss_on auto reads the format there) lie beside tokenized in the tests.
     subset = train_pairs or tokenized / "train.arrow"
-    return sft.run(params.shared, params.train, subset, tokenized, raw_test, base_dir, out, metrics, plots, CHECKPOINTS)
+    return sft.run(params.shared, params.train, subset, tokenized, raw_test, base_dir, out, metrics, plots, CHECKPOINTS,
+                   tokenized.parent / "data.json")
 
 
 def run_reward(params, tokenized, base_dir, out, metrics, plots):

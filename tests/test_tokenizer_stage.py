@@ -42,6 +42,7 @@ def trained(raw, tmp_path_factory):
     """A trained tokenizer folder, data/tokenized made with it, and a base model trained on that."""
     root = tmp_path_factory.mktemp("trained")
     shutil.copytree(raw, root / "raw")
+    shutil.copy(raw.parent / "data.json", root / "data.json")  # the download's record, beside tokenized as in run_sft
     run_tokenize(root / "raw", root / "tokenized", root / "tokenize.json", TRAINED)
     return root
 
