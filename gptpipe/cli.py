@@ -319,7 +319,8 @@ def study(
     points: Annotated[list[str] | None, typer.Option("--points", help="Run only these points (repeatable), e.g. --points adamw --points muon; name@lr runs a point at another lr (muon@0.01: an lr sweep); written as <name>-<points>.")] = None,
 ) -> None:
     """Run a study as DVC experiments (one per point and seed) and compile its table, verdicts and PNG."""
-    from gptpipe.studies.definitions import STUDIES, output_name, run_study
+    from gptpipe.studies.definitions import STUDIES, run_study
+    from gptpipe.studies.selection import output_name
     from gptpipe.tables import markdown_table
 
     if name not in STUDIES:

@@ -235,7 +235,8 @@ def test_the_study_commands_help_names_every_study():
 
 def test_points_runs_the_named_points_in_study_order_under_their_own_name(tmp_path, monkeypatch):
     from gptpipe.errors import UserError
-    from gptpipe.studies.definitions import STUDIES, chosen_points, output_name
+    from gptpipe.studies.definitions import STUDIES
+    from gptpipe.studies.selection import chosen_points, output_name
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("shared:\n  seed: 1\n")

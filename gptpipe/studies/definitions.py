@@ -28,6 +28,7 @@ from gptpipe.studies.architecture import (
 )
 from gptpipe.studies.tokenizer import tokenizer_comparisons, tokenizer_notes, tokenizer_points, tokenizer_table
 from gptpipe.studies.seeds import mean_over_seeds, seed_note, seeded_points
+from gptpipe.studies.selection import chosen_points, output_name
 from gptpipe.studies.verdicts import paired_verdict, read_judged, verdict_lines
 
 TABLES = Path("plots/studies")
@@ -427,39 +428,6 @@ def run_study(study: Study, *, report_only: bool, seeds: int = 1, only: Sequence
     curves = {r.label: r.series[SFT_SERIES] for r in results}
     plots.study_curves(curves, TABLES / f"{name}.png", study.title)
     return table
-
-
-def chosen_points(study: Study, only: Sequence[str]) -> list[Point]:
-    """The study's points, or those named in `only` (in the study's order); an unknown name is an error.
-    `name@lr` is that point at another learning rate, labelled `<name>-lr<lr>` (an lr sweep)."""
-    points = list(study.points())
-    labels = [p.label for p in points]
-    if unknown := [item for item in only if item.partition("@")[0] not in labels]:
-        raise UserError(f"--points: {', '.join(unknown)} not in study {study.name}; its points: {', '.join(labels)}")
-    if not only:
-        return points
-    chosen = [_at_lr(points[labels.index(item.partition("@")[0])], item, study.name) for item in only]
-    return sorted(chosen, key=lambda p: (labels.index(p.label.split("-lr")[0]), p.label))
-
-
-def _at_lr(point: Point, item: str, study: str) -> Point:
-    name, at, lr = item.partition("@")
-    if not at:
-        return point
-    if "train.lr" not in point.overrides:
-        raise UserError(f"--points {item}: study {study}'s point {name} sets no learning rate; name it without @")
-    try:
-        value = float(lr)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise UserError(f"--points {item}: {lr!r} is not a positive learning rate; write e.g. {name}@0.01")
-    return Point(f"{name}-lr{value:g}", {**point.overrides, "train.lr": value})
-
-
-def output_name(study: Study, only: Sequence[str]) -> str:
-    """What the files of a run of these points are called: the study's name, or <study>-<points>."""
-    return "-".join([study.name, *(p.label for p in chosen_points(study, only))]) if only else study.name
 
 
 def study_verdicts(study: Study, results: list[Result], point_of: dict[str, tuple[str, int]], seeds: int,
