@@ -135,7 +135,8 @@ def test_page_states_each_present_sections_numbers_and_names_the_commands_of_mis
     assert "Not run yet: <code>dvc repro sft</code>" not in page
 
     assert record["present"] == ["base", "sft", "study-optimizers", "scaling"]
-    assert record["missing"] == ["study-optimizers-adamw-muon-adafactor", "study-lora", "study-architecture",
+    assert record["missing"] == ["study-optimizers-adamw-muon-adafactor", "study-optimizers-adamw-muon-lr0.01",
+                                 "study-lora", "study-architecture",
                                  "study-tokenizer", "reward", "score", "filter", "study-data-quality", "dpo", "evaluate",
                                  "study-seeds", "study-scaling"]
     assert "gptpipe study lora" in record["to_run"]
