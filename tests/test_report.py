@@ -136,6 +136,7 @@ def test_page_states_each_present_sections_numbers_and_names_the_commands_of_mis
 
     assert record["present"] == ["base", "sft", "study-optimizers", "scaling"]
     assert record["missing"] == ["study-optimizers-adamw-muon-adafactor", "study-optimizers-adamw-muon-lr0.01",
+                                 "study-optimizers-adamw-adafactor-lr1.5",
                                  "study-lora", "study-architecture",
                                  "study-tokenizer", "reward", "score", "filter", "study-data-quality", "dpo", "evaluate",
                                  "study-seeds", "study-scaling"]

@@ -208,6 +208,7 @@ SECTIONS: tuple[Section, ...] = (
         _study("optimizers", ("train",), "SFT by optimizer: loss, speed and memory"),
         _study("optimizers-adamw-muon-adafactor", ("train",), "Muon and Adafactor against AdamW"),
         _study("optimizers-adamw-muon-lr0.01", ("train",), "Muon at 0.01 (3.3x its lr) against AdamW"),
+        _study("optimizers-adamw-adafactor-lr1.5", ("train",), "Adafactor at 1.5 (10x its lr) against AdamW"),
     )),
     Section("lora", "LoRA vs full fine-tuning across ranks", (
         _study("lora", ("train",), "SFT with LoRA ranks and full fine-tuning"),
