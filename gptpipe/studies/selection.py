@@ -23,9 +23,12 @@ def chosen_points(study: Study, only: Sequence[str]) -> list[Point]:
         raise UserError(f"--points: {', '.join(unknown)} not in study {study.name}; its points: {', '.join(labels)}")
     if not only:
         return points
-    chosen = {p.label: p for p in (_at_lr(points[labels.index(item.partition("@")[0])], item, study.name)
-                                   for item in only)}  # a point named twice runs once
-    return sorted(chosen.values(), key=lambda p: (labels.index(p.label.split("-lr")[0]), p.label))
+    chosen: dict[str, tuple[int, Point]] = {}  # by label: a point named twice runs once
+    for item in only:
+        index = labels.index(item.partition("@")[0])
+        point = _at_lr(points[index], item, study.name)
+        chosen[point.label] = (index, point)
+    return [point for _, point in sorted(chosen.values(), key=lambda entry: (entry[0], entry[1].label))]
 
 
 def _at_lr(point: Point, item: str, study: str) -> Point:
