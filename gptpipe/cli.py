@@ -441,6 +441,19 @@ def bench_kernels(
     compare(params, tokenized, steps, rounds)
 
 
+@bench_app.command("arch")
+def bench_arch(
+    params: ParamsOption = Path("params.yaml"),
+    tokenized: Annotated[Path, typer.Option(help="The tokenized folder SFT steps read (train.arrow).")] = Path("data/tokenized"),
+    steps: Annotated[int, typer.Option(help="Timed SFT steps per run (after 2 warm-up steps).")] = 10,
+    rounds: Annotated[int, typer.Option(help="Fresh processes per point, the points alternating.")] = 3,
+) -> None:
+    """SFT tokens/s of GPT-2 against the llama variant at 1, 2, 4 queries per K/V head (study architecture's points)."""
+    from gptpipe.train.bench_arch import compare
+
+    compare(params, tokenized, steps, rounds)
+
+
 @bench_app.command("gpu")
 def bench_gpu(
     tokenized: Annotated[Path, typer.Option(help="A tokenized folder (train.arrow, test.arrow), e.g. of real HH.")] = Path("data/tokenized"),

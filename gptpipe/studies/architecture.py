@@ -9,6 +9,7 @@ architecture.FFN_MULTIPLE), so every row has about GPT-2's 12 d^2 per layer and 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 
@@ -26,8 +27,8 @@ def matched_ffn(d: int, n_head: int, n_kv_head: int) -> int:
     return round((12 * d * d - attention) / (3 * d) / FFN_MULTIPLE) * FFN_MULTIPLE
 
 
-def architecture_points() -> list[Point]:
-    model = load_params("params.yaml").model
+def architecture_points(params_path: str | Path = "params.yaml") -> list[Point]:
+    model = load_params(params_path).model
     points = [Point("gpt2", {"model.arch": "gpt2"})]  # params.yaml's n_kv_head, ffn_hidden: null
     for q in QUERIES_PER_KV:
         if model.n_head % q:
