@@ -388,6 +388,7 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     name: Annotated[str | None, typer.Option(help="The model id clients send (default: the folder's name).")] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Requests generated at once; the rest wait.")] = 1,
+    max_waiting: Annotated[int, typer.Option(min=0, help="Requests that may wait for a slot; more are answered 503.")] = 16,
     max_tokens: Annotated[int, typer.Option(min=1, help="The most new tokens a request may ask for.")] = 256,
     temperature: Annotated[float, typer.Option(help="Default when a request names none; 0 = greedy.")] = GenerateConfig().temperature,
     top_p: Annotated[float, typer.Option(help="Default nucleus mass; 1 = off.")] = GenerateConfig().top_p,
@@ -410,7 +411,7 @@ def serve(
         _fail(err)
     served = name or path.resolve().name
     typer.echo(f"{path}: serving as {served!r} on http://{host}:{port}/ (OpenAI API at /v1)")
-    uvicorn.run(create_app(model, served, defaults, Limits(max_tokens=max_tokens, concurrency=concurrency), tokenizer),
+    uvicorn.run(create_app(model, served, defaults, Limits(max_tokens=max_tokens, concurrency=concurrency, max_waiting=max_waiting), tokenizer),
                 host=host, port=port)
 
 

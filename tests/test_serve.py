@@ -130,7 +130,12 @@ def _json(**body) -> bytes:
     (b"{not json", 400, "not JSON"),
     (_json(model=NAME, messages=[{"role": "user", "content": "x" * 5000}]), 413, "request body"),
     (_json(model="gpt-4", messages=[{"role": "user", "content": "hi"}]), 404, "model"),
-    (_json(model=NAME, messages=[{"role": "system", "content": "hi"}]), 400, "messages.0.role"),
+    (_json(model=NAME, messages=[{"role": "tool", "content": "hi"}]), 400, "messages.0.role"),
+    (_json(model=NAME, messages=[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                                 {"role": "system", "content": "c"}, {"role": "user", "content": "d"}]), 400, "messages.2.role"),
+    (_json(model=NAME, messages=[{"role": "user", "content": "hi"}], temperature=5), 400, "temperature"),
+    (_json(model=NAME, messages=[{"role": "user", "content": "hi"}], stop=["a", "b", "c", "d", "e"]), 400, "stop"),
+    (b"[" * 2000 + b"]" * 2000, 400, "nested"),
     (_json(model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=17), 400, "max_tokens"),
     (_json(model=NAME, messages=[{"role": "user", "content": "hi"}] * 9), 400, "messages"),
     (_json(model=NAME, messages=[]), 400, "messages"),
@@ -141,6 +146,68 @@ def test_a_bad_request_gets_its_4xx_and_the_server_still_answers(base_url, clien
     assert field in error["error"]["message"]
     ok = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     assert ok.choices[0].message.content is not None
+
+
+def test_max_tokens_leaves_the_prompt_a_position(model):
+    # The server's own limit may exceed the model's positions (256 against the default's 256, the
+    # tiny model's 128): the request is refused before generate would fail mid-answer.
+    from gptpipe.evaluation.serve import BadRequest, ChatRequest, _check
+
+    positions = model.config.max_position_embeddings
+    ask = lambda n: ChatRequest(model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=n)  # noqa: E731
+    _check(ask(positions - 1), NAME, Limits(max_tokens=1000), positions)
+    with pytest.raises(BadRequest, match=f"max_tokens: {positions}; the model has {positions} positions") as err:
+        _check(ask(positions), NAME, Limits(max_tokens=1000), positions)
+    assert err.value.status == 400
+
+
+def test_a_stop_string_ends_the_answer_plainly_and_streamed(client, model):
+    full = expected(model, Conversation().prompt_for("What is 2 + 2?"), prompt_seed(0, "0"))
+    stop = full.strip()[2:5]  # somewhere inside the greedy answer
+    assert len(stop) == 3 and full.find(stop) > 0
+    ask = dict(model=NAME, messages=[{"role": "user", "content": "What is 2 + 2?"}], temperature=0, max_tokens=12, stop=[stop])
+    plain = client.chat.completions.create(**ask)
+    assert plain.choices[0].message.content == full[:full.find(stop)]
+    assert plain.choices[0].finish_reason == "stop"
+    chunks = list(client.chat.completions.create(**ask, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == full[:full.find(stop)]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_a_system_message_goes_first_as_the_data_formats_render_it(client, model):
+    reply = client.chat.completions.create(model=NAME, temperature=0, max_tokens=12, messages=[
+        {"role": "system", "content": " Be brief. "}, {"role": "user", "content": "Hi"}])
+    # formats.parse renders a messages record's system text unlabelled before the first Human turn
+    assert reply.choices[0].message.content == expected(model, "Be brief.\n\nHuman: Hi\n\nAssistant:", prompt_seed(0, "0"))
+
+
+def test_a_stray_byte_does_not_hold_back_the_rest_of_the_stream():
+    from gptpipe.data.tokenizer import Gpt2Bpe
+    from gptpipe.evaluation.generate import answer_of
+    from gptpipe.evaluation.serve import _Shown
+
+    bpe = Gpt2Bpe()
+    stray = next(i for i in range(1024) if bpe.decode_bytes([i]) == b"\xff")  # never valid UTF-8
+    ids = encode(" hello") + [stray] + encode(" world, and then some more words")
+    shown = _Shown(bpe)
+    pieces = [shown.add(t) for t in ids]
+    assert "".join(pieces) == answer_of(ids, "length").text == " hello\ufffd world, and then some more words"
+    assert len([p for p in pieces[len(encode(" hello")) + 1:] if p]) > 3  # each word as it comes
+
+
+def test_a_hook_that_raises_stops_generation_at_once(model):
+    # How the server drops an abandoned request: its on_token hook raises, and the slot frees.
+    heard = []
+
+    def hook(_row, token):
+        heard.append(token)
+        if len(heard) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(model, [encode("\n\nHuman: hi\n\nAssistant:")], Sampling(max_new_tokens=50, temperature=1.0), [0], 1,
+                 on_token=hook)
+    assert len(heard) == 3
 
 
 def test_the_client_sees_an_unknown_model_as_not_found(client):

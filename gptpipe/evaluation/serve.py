@@ -12,12 +12,18 @@ while one is generated. Every request is bounded before any work: body bytes, me
 
 `stream: true` sends each piece of text as the decode loop makes it (generate's on_token hook),
 holding back only bytes that may yet turn out to be a stop or half a character.
+
+A client that goes away stops its generation at the next token (the on_token hook raises), so an
+abandoned request does not hold a generation slot; past `max_waiting` queued requests the server
+answers 503 at once. A conversation longer than the model's positions is cut from the left, as
+`gptpipe chat` cuts it; `usage.prompt_tokens` counts what the model saw.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -31,7 +37,7 @@ from transformers import PreTrainedModel
 from gptpipe.data.hh import ASSISTANT, HUMAN
 from gptpipe.data.tokenizer import Gpt2Bpe, Tokenizer
 from gptpipe.evaluation.generate import STOP_TEXT, Answer, Sampling, generate, prompt_seed
-from gptpipe.evaluation.serve_page import PAGE
+from gptpipe.evaluation.serve_page import page_for
 
 FINISH = {"eot": "stop", "human": "stop", "length": "length"}  # our stop reasons in OpenAI's words
 
@@ -42,11 +48,16 @@ class Limits:
     max_messages: int = 64
     max_tokens: int = 256  # the most a request may ask for; also bounded by the model's positions
     concurrency: int = 1  # requests generated at once
+    max_waiting: int = 16  # requests queued behind those; one more is answered 503
+    max_stops: int = 4  # `stop` strings a request may give (OpenAI's limit)
+
+
+SYSTEM_ROLES = ("system", "developer")  # text before the first turn, as the data formats render it
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["user", "assistant"]  # HH has two speakers; a system prompt has no place in it
+    role: Literal["system", "developer", "user", "assistant"]
     content: str
 
 
@@ -54,13 +65,18 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (user, …)
     model: str
     messages: list[Message] = Field(min_length=1)
-    temperature: float | None = Field(default=None, ge=0)
+    temperature: float | None = Field(default=None, ge=0, le=2)  # OpenAI's range
     top_p: float | None = Field(default=None, gt=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     seed: int | None = Field(default=None, ge=0)
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1)
+    stop: str | list[str] | None = None
+
+    @property
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
 class BadRequest(Exception):
@@ -70,9 +86,12 @@ class BadRequest(Exception):
 
 
 def hh_prompt(messages: list[Message]) -> str:
-    """The text `gptpipe chat` would have built for this conversation (chat.Conversation)."""
-    text = ""
+    """The text `gptpipe chat` would have built for this conversation (chat.Conversation), after
+    the system texts, unlabelled, as the data formats render a system prompt (formats._render)."""
+    text = "\n\n".join(m.content.strip() for m in messages if m.role in SYSTEM_ROLES and m.content.strip())
     for m in messages:
+        if m.role in SYSTEM_ROLES:
+            continue
         if m.role == "user":
             text += f"{HUMAN} {m.content.strip()}"
         else:  # chat's Conversation.add: " reply" after the turn's "\n\nAssistant:", nothing if empty
@@ -81,21 +100,31 @@ def hh_prompt(messages: list[Message]) -> str:
     return text + ASSISTANT
 
 
-def _check(req: ChatRequest, name: str, limits: Limits) -> None:
+def _check(req: ChatRequest, name: str, limits: Limits, positions: int) -> None:
     if req.model != name:
         raise BadRequest(404, f"model {req.model!r}: not served here; GET /v1/models lists {name!r}", "model", "model_not_found")
     if len(req.messages) > limits.max_messages:
         raise BadRequest(400, f"messages: {len(req.messages)}; at most {limits.max_messages}", "messages")
     if req.messages[-1].role != "user":
         raise BadRequest(400, "messages: the last message must be the user's (the model answers it)", "messages")
+    turns = [i for i, m in enumerate(req.messages) if m.role not in SYSTEM_ROLES]
+    late = next((i for i, m in enumerate(req.messages) if m.role in SYSTEM_ROLES and i > turns[0]), None)
+    if late is not None:
+        raise BadRequest(400, f"messages.{late}.role: a {req.messages[late].role} message goes before the first "
+                              "user message (the model's dialogue text has no place for one later)", f"messages.{late}.role")
     wanted = req.max_completion_tokens or req.max_tokens
-    if wanted is not None and wanted > limits.max_tokens:
-        raise BadRequest(400, f"max_tokens: {wanted}; this server allows at most {limits.max_tokens}", "max_tokens")
+    most = min(limits.max_tokens, positions - 1)  # a prompt needs one position at least
+    if wanted is not None and wanted > most:
+        why = "this server allows" if most == limits.max_tokens else f"the model has {positions} positions and the prompt needs one, so"
+        raise BadRequest(400, f"max_tokens: {wanted}; {why} at most {most}", "max_tokens")
+    stops = req.stops
+    if len(stops) > limits.max_stops or any(not s or len(s) > 64 for s in stops):
+        raise BadRequest(400, f"stop: {len(stops)} strings; give at most {limits.max_stops}, each 1 to 64 characters", "stop")
 
 
-def _sampling(req: ChatRequest, defaults: Sampling, limits: Limits) -> Sampling:
+def _sampling(req: ChatRequest, defaults: Sampling, limits: Limits, positions: int) -> Sampling:
     return Sampling(
-        max_new_tokens=req.max_completion_tokens or req.max_tokens or min(defaults.max_new_tokens, limits.max_tokens),
+        max_new_tokens=req.max_completion_tokens or req.max_tokens or min(defaults.max_new_tokens, limits.max_tokens, positions - 1),
         temperature=defaults.temperature if req.temperature is None else req.temperature,
         top_p=defaults.top_p if req.top_p is None else req.top_p,
         top_k=defaults.top_k,
@@ -119,6 +148,8 @@ def _parse(body: bytes) -> ChatRequest:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:
         raise BadRequest(400, f"request body: not JSON ({err})") from None
+    except RecursionError:
+        raise BadRequest(400, "request body: JSON nested too deeply") from None
     try:
         return ChatRequest.model_validate(data)
     except ValidationError as err:
@@ -133,40 +164,64 @@ def _error(err: BadRequest) -> JSONResponse:
 
 
 class _Shown:
-    """The part of an answer that is sure to stay as tokens arrive: decoded UTF-8 up to the last whole
-    character, cut at "\n\nHuman:", holding back a tail that may yet begin it (answer_of's rules)."""
+    """The part of an answer that is sure to stay as tokens arrive: its UTF-8 decoded as answer_of
+    decodes it, up to any character still incomplete, cut at "\n\nHuman:" or a request's stop,
+    holding back a tail that may yet begin one (answer_of's rules, and the stops')."""
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    def __init__(self, tokenizer: Tokenizer, stops: list[str] = ()) -> None:
         self.data, self.sent, self.tokenizer = b"", "", tokenizer
+        self.stops = [STOP_TEXT, *(s.encode() for s in stops)]
 
     def add(self, token: int) -> str:
         if token == self.tokenizer.eot_id:
             return ""
         self.data += self.tokenizer.decode_bytes([token])
-        cut = self.data.find(STOP_TEXT)
-        data = self.data[:cut] if cut >= 0 else self.data[: len(self.data) - _stop_prefix(self.data)]
-        text = data.decode("utf-8", errors="ignore") if _whole(data) else data[: _last_whole(data)].decode("utf-8", errors="ignore")
+        cuts = [at for at in (self.data.find(stop) for stop in self.stops) if at >= 0]
+        data = self.data[:min(cuts)] if cuts else self.data[: len(self.data) - max(_stop_prefix(self.data, s) for s in self.stops)]
+        text = data[: _complete(data)].decode("utf-8", errors="replace")
         if not text.startswith(self.sent) or len(text) <= len(self.sent):
             return ""
         piece, self.sent = text[len(self.sent):], text
         return piece
 
 
-def _stop_prefix(data: bytes) -> int:
-    """The longest tail of data that is a beginning of "\n\nHuman:"."""
-    return next((n for n in range(min(len(STOP_TEXT) - 1, len(data)), 0, -1) if data.endswith(STOP_TEXT[:n])), 0)
+def _stop_prefix(data: bytes, stop: bytes) -> int:
+    """The longest tail of data that is a beginning of stop."""
+    return next((n for n in range(min(len(stop) - 1, len(data)), 0, -1) if data.endswith(stop[:n])), 0)
 
 
-def _whole(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-        return True
-    except UnicodeDecodeError:
-        return False
+def _complete(data: bytes) -> int:
+    """Where data's last character ends: before a trailing lead byte whose continuation bytes have
+    not all arrived. An invalid byte is complete (it decodes to U+FFFD whatever follows), so one
+    stray byte never holds back the rest of the answer."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # not a continuation byte: the last character starts here
+            need = 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4 if byte >> 3 == 0b11110 else 1
+            return len(data) - back if need > back else len(data)
+    return len(data)
 
 
-def _last_whole(data: bytes) -> int:
-    return next((n for n in range(len(data), max(len(data) - 4, 0) - 1, -1) if _whole(data[:n])), 0)
+def until_stop(answer: Answer, stops: list[str]) -> tuple[str, str]:
+    """The answer's text cut before the first of a request's stops, and OpenAI's finish reason."""
+    cuts = [at for at in (answer.text.find(stop) for stop in stops) if at >= 0]
+    return (answer.text[:min(cuts)], "stop") if cuts else (answer.text, FINISH[answer.stopped])
+
+
+class _Gone(Exception):
+    """The client of a request went away: its generation stops at the next token."""
+
+
+class _Slots:
+    """Generation slots (`concurrency`) and a bounded queue before them (`max_waiting`)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.busy, self.limits, self.held = asyncio.Semaphore(limits.concurrency), limits, 0
+
+    def admit(self) -> None:
+        if self.held >= self.limits.concurrency + self.limits.max_waiting:
+            raise BadRequest(503, f"server busy: {self.held - self.limits.concurrency} requests waiting "
+                                  f"(at most {self.limits.max_waiting}); retry later")
 
 
 def create_app(model: PreTrainedModel, name: str, defaults: Sampling, limits: Limits,
@@ -175,21 +230,34 @@ def create_app(model: PreTrainedModel, name: str, defaults: Sampling, limits: Li
     tokenizer = tokenizer or Gpt2Bpe()
     encode = lambda text: tokenizer.encode_batch([text])[0]  # noqa: E731
     app = FastAPI(title="gptpipe", docs_url=None, redoc_url=None)
-    busy = asyncio.Semaphore(limits.concurrency)
+    slots, positions = _Slots(limits), model.config.max_position_embeddings
     created = int(time.time())
 
-    async def answer(req: ChatRequest, on_token=None) -> Answer:
+    async def answer(req: ChatRequest, gone: threading.Event, on_token=None) -> Answer:
         prompt = encode(hh_prompt(req.messages))
         turns = sum(m.role == "assistant" for m in req.messages)
         seed = prompt_seed(req.seed or 0, str(turns))  # chat's per-exchange seed
-        sampling = _sampling(req, defaults, limits)
-        async with busy:
-            run = lambda: generate(model, [prompt], sampling, [seed], 1, on_token=on_token, tokenizer=tokenizer)  # noqa: E731
-            return (await asyncio.to_thread(run)).answers[0]
+        sampling = _sampling(req, defaults, limits, positions)
+
+        def heard(row: int, token: int) -> None:
+            if gone.is_set():
+                raise _Gone
+            if on_token is not None:
+                on_token(row, token)
+
+        slots.held += 1
+        try:
+            async with slots.busy:
+                if gone.is_set():
+                    raise _Gone
+                run = lambda: generate(model, [prompt], sampling, [seed], 1, on_token=heard, tokenizer=tokenizer)  # noqa: E731
+                return (await asyncio.to_thread(run)).answers[0]
+        finally:
+            slots.held -= 1
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
-        return PAGE.replace("{model}", name)
+        return page_for(name)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -199,40 +267,71 @@ def create_app(model: PreTrainedModel, name: str, defaults: Sampling, limits: Li
     async def chat_completions(request: Request):
         try:
             req = _parse(await _body(request, limits.max_body_bytes))
-            _check(req, name, limits)
+            _check(req, name, limits, positions)
+            slots.admit()
         except BadRequest as err:
             return _error(err)
         ident = f"chatcmpl-{uuid.uuid4().hex}"
         head = {"id": ident, "created": int(time.time()), "model": name}
+        gone = threading.Event()
         if req.stream:
-            return StreamingResponse(_events(req, head, answer, tokenizer), media_type="text/event-stream")
-        reply = await answer(req)
-        usage = {"prompt_tokens": len(encode(hh_prompt(req.messages))), "completion_tokens": reply.tokens}
+            return StreamingResponse(_events(req, head, answer, tokenizer, gone), media_type="text/event-stream")
+        watch = asyncio.create_task(_watch(request, gone))
+        try:
+            reply = await answer(req, gone)
+        except _Gone:
+            return JSONResponse({}, 499)  # nobody is listening; the status is for the access log
+        finally:
+            watch.cancel()
+        text, finish = until_stop(reply, req.stops)
+        usage = {"prompt_tokens": _seen(len(encode(hh_prompt(req.messages))), positions, reply), "completion_tokens": reply.tokens}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         return {**head, "object": "chat.completion", "usage": usage, "choices": [{
-            "index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": FINISH[reply.stopped]}]}
+            "index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}]}
 
     return app
 
 
-async def _events(req: ChatRequest, head: dict, answer, tokenizer: Tokenizer):
+def _seen(prompt_tokens: int, positions: int, reply: Answer) -> int:
+    """Prompt tokens the model saw: generate cuts a prompt from the left to leave room for the answer."""
+    room = positions - max(reply.tokens, 1)
+    return min(prompt_tokens, room) if room > 0 else prompt_tokens
+
+
+async def _watch(request: Request, gone: threading.Event) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.25)
+    gone.set()
+
+
+async def _events(req: ChatRequest, head: dict, answer, tokenizer: Tokenizer, gone: threading.Event):
     """Server-sent events: each piece of text as the decode loop makes it (heard from the worker
-    thread through a queue), then whatever the final answer adds, the finish reason and [DONE]."""
+    thread through a queue), then whatever the final answer adds, the finish reason and [DONE].
+    A client that leaves closes this generator; `gone` then stops the generation."""
 
     def event(delta: dict, finish: str | None = None) -> str:
         chunk = {**head, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
         return f"data: {json.dumps(chunk)}\n\n"
 
-    loop, pieces, shown = asyncio.get_running_loop(), asyncio.Queue(), _Shown(tokenizer)
+    loop, pieces, shown = asyncio.get_running_loop(), asyncio.Queue(), _Shown(tokenizer, req.stops)
     heard = lambda _row, token: loop.call_soon_threadsafe(pieces.put_nowait, shown.add(token))  # noqa: E731
-    task = asyncio.ensure_future(answer(req, heard))
+    task = asyncio.ensure_future(answer(req, gone, heard))
     task.add_done_callback(lambda _: pieces.put_nowait(None))
-    yield event({"role": "assistant", "content": ""})
-    while (piece := await pieces.get()) is not None:
-        if piece:
-            yield event({"content": piece})
-    reply = task.result()
-    if reply.text[len(shown.sent):]:  # a tail held back that the stop rules kept after all
-        yield event({"content": reply.text[len(shown.sent):]})
-    yield event({}, FINISH[reply.stopped])
-    yield "data: [DONE]\n\n"
+    try:
+        yield event({"role": "assistant", "content": ""})
+        while (piece := await pieces.get()) is not None:
+            if piece:
+                yield event({"content": piece})
+        try:
+            reply = task.result()
+        except Exception as err:  # noqa: BLE001 (the 200 is sent: the error can only be an event now)
+            yield f"data: {json.dumps({'error': {'message': f'generation failed: {err}', 'type': 'server_error'}})}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+        text, finish = until_stop(reply, req.stops)
+        if text[len(shown.sent):]:  # a tail held back that the stop rules kept after all
+            yield event({"content": text[len(shown.sent):]})
+        yield event({}, finish)
+        yield "data: [DONE]\n\n"
+    finally:
+        gone.set()  # a no-op when the answer is done; stops it when the client left mid-answer

@@ -4,6 +4,9 @@ It keeps the conversation in the page and posts it whole to /v1/chat/completions
 `stream: true`, appending each server-sent delta to the answer as it arrives.
 """
 
+import html
+import json
+
 PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>gptpipe: {model}</title>
 <style>
@@ -31,8 +34,11 @@ document.getElementById("form").onsubmit = async (e) => {
   box.value = ""; messages.push({role: "user", content: text}); line("user", "you: " + text);
   const out = line("assistant", ""), reply = [];
   const res = await fetch("/v1/chat/completions", {method: "POST", headers: {"Content-Type": "application/json"},
-    body: JSON.stringify({model: "{model}", messages: messages, stream: true})});
-  if (!res.ok) { out.textContent = "error: " + (await res.json()).error.message; messages.pop(); return; }
+    body: JSON.stringify({model: {model_json}, messages: messages, stream: true})});
+  if (!res.ok) {
+    const error = await res.json().catch(() => ({error: {message: res.status + " " + res.statusText}}));
+    out.textContent = "error: " + error.error.message; messages.pop(); return;
+  }
   const reader = res.body.getReader(), decoder = new TextDecoder();
   let buffer = "";
   for (;;) {
@@ -43,7 +49,9 @@ document.getElementById("form").onsubmit = async (e) => {
     while ((at = buffer.indexOf("\\n\\n")) >= 0) {
       const data = buffer.slice(0, at).replace(/^data: /, ""); buffer = buffer.slice(at + 2);
       if (data === "[DONE]") continue;
-      const delta = JSON.parse(data).choices[0].delta.content;
+      const event = JSON.parse(data);
+      if (event.error) { out.textContent = "error: " + event.error.message; messages.pop(); return; }
+      const delta = event.choices[0].delta.content;
       if (delta) { reply.push(delta); out.textContent = reply.join(""); }
     }
   }
@@ -53,3 +61,9 @@ document.getElementById("form").onsubmit = async (e) => {
 </script>
 </body></html>
 """
+
+
+def page_for(name: str) -> str:
+    """The page for the served model id: the id is the user's (`--name`), so it is HTML-escaped in the
+    page and JSON-encoded in the script, with "</" broken so that it cannot close the script."""
+    return PAGE.replace("{model_json}", json.dumps(name).replace("</", "<\\/")).replace("{model}", html.escape(name))
