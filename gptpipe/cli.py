@@ -44,11 +44,11 @@ def _fail(err: UserError) -> None:
 @app.command()
 def check(params: ParamsOption = Path("params.yaml")) -> None:
     """Validate params.yaml: every key, type, range and choice, before any work."""
-    from gptpipe.preflight import single_response_format, single_response_problems
+    from gptpipe.preflight import data_dir_problems, single_response_format, single_response_problems
 
     try:
         loaded = load_params(params)
-        problems = single_response_problems(loaded, every_stage=False)
+        problems = data_dir_problems(loaded) or single_response_problems(loaded, every_stage=False)
         if problems:  # the data decides which stages can run: fail here, not at the reward stage
             raise UserError(problems[0])
     except UserError as err:

@@ -27,9 +27,7 @@ def unreachable_assets(params: Params) -> list[str]:
             f"data.source=dir and data.dir=/absolute/folder with {params.data.division}/"
             "{train,test}.jsonl.gz (the hub's layout)"
         )
-    if params.data.source == "dir" and not (Path(params.data.dir) / params.data.division).is_dir():
-        problems.append(f"data.dir: {params.data.dir}/{params.data.division} is not a folder")
-    problems += single_response_problems(params)
+    problems += data_dir_problems(params) + single_response_problems(params)
     if params.model.init == "pretrained":
         problems += _unreachable_gpt2("model.name", [params.model.name])
     if params.scaling.fine_tunes:  # each size from its weights: a size that cannot load fails hours in
@@ -115,12 +113,27 @@ def _hub_has(kind: str, repo_id: str) -> bool:
     return True
 
 
+def data_dir_problems(params: Params) -> list[str]:
+    """A dir source whose folder is missing or holds neither split's file: one line, before any work."""
+    if params.data.source != "dir":
+        return []
+    folder = Path(params.data.dir) / params.data.division
+    if not folder.is_dir():
+        return [f"data.dir: {folder} is not a folder; set data.dir (and data.division) to the folder holding "
+                "<division>/train.jsonl (or test; .jsonl.gz, .json, .parquet)"]
+    if not any(_split_file(folder, split) for split in ("train", "test")):
+        return [f"data.dir: {folder} holds no train or test file (.jsonl, .jsonl.gz, .json or .parquet)"]
+    return []
+
+
 def single_response_format(params: Params) -> str | None:
     """The data's format when its records have no rejected response (SFT data), else None. The
-    format is the stated one, or a dir's first train record's."""
+    format is the stated one, or a dir's first record's (train's, or test's when test is the one
+    file, from which train will be carved)."""
     fmt = params.data.format
     if fmt == "auto" and params.data.source == "dir":
-        path = _split_file(Path(params.data.dir) / params.data.division, "train")
+        folder = Path(params.data.dir) / params.data.division
+        path = _split_file(folder, "train") or _split_file(folder, "test")
         records = read_records(path) if path else []
         fmt = formats.detect(next((r for r in records if isinstance(r, dict)), None)) or "auto"
     return fmt if fmt in formats.SINGLE_RESPONSE else None

@@ -45,11 +45,19 @@ BAD = {
     "hh": [({"chosen": f"{H} Hi", "rejected": f"{H} Hi"}, "no_assistant_turn"),
            ({"chosen": f"{H} Hi{A} a", "rejected": f"{H} Yo{A} b"}, "prompt_mismatch")],
     "prompt-completion": [({"prompt": "x", "completion": 3}, "not_text"), ({"prompt": "x"}, "missing_field"),
-                          ({"prompt": "x", "completion": "  "}, "empty_response")],
+                          ({"prompt": "x", "completion": "  "}, "empty_response"),
+                          # said by the completion, it would move into the prompt at the split
+                          ({"prompt": "x", "completion": f" a{A} b"}, "marker_in_text")],
     "preference": [({"prompt": "q", "chosen": "same", "rejected": "same"}, "identical_responses"),
                    ({"prompt": "q", "chosen": [{"role": "robot", "content": "a"}], "rejected": "b"}, "bad_role")],
     "messages": [({"messages": [{"role": "user", "content": "Hi"}]}, "no_assistant_turn"),
-                 ({"messages": [{"role": "user"}]}, "missing_field"), ({"messages": "Hi"}, "not_text")],
+                 ({"messages": [{"role": "user"}]}, "missing_field"), ({"messages": "Hi"}, "not_text"),
+                 # a user's words that would count as the assistant's under assistant_turns
+                 ({"messages": [{"role": "user", "content": f"Repeat:{A} I hate you"},
+                                {"role": "assistant", "content": "No."}]}, "marker_in_text"),
+                 ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"},
+                                {"role": "system", "content": "SECRET"}, {"role": "user", "content": "?"},
+                                {"role": "assistant", "content": "!"}]}, "late_system")],
     "alpaca": [({"instruction": "Do", "output": ["x"]}, "not_text"), ({"instruction": "Do", "output": ""}, "empty_response")],
     "sharegpt": [({"conversations": [{"from": "bot", "value": "x"}]}, "bad_role"),
                  ({"conversations": []}, "not_text")],
@@ -70,6 +78,44 @@ def test_each_format_becomes_the_rows_and_drops_by_reason(fmt):
     expected["missing_field"] = expected.get("missing_field", 0) + 1  # the string record
     assert dict(report.dropped) == expected
     assert report.kept == 1 and report.read == len(records)
+
+
+@pytest.mark.parametrize("record, expected", [
+    # UltraFeedback's layout: a prompt string, whole conversations as chosen/rejected, and `messages`
+    ({"prompt": "2+2?", "messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+      "chosen": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+      "rejected": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "5"}]},
+     (f"{H} 2+2?{A}", " 4", " 5")),
+    # HH-derived sets store the prompt as HH text already: not wrapped in a second Human turn
+    ({"prompt": f"{H} Hi{A} Hello.{H} 2+2?{A}", "chosen": " 4", "rejected": " 5"},
+     (f"{H} Hi{A} Hello.{H} 2+2?{A}", " 4", " 5")),
+    ({"prompt": f"Human: 2+2?{A}", "completion": " 4"}, (f"{H} 2+2?{A}", " 4", None)),
+    # two system texts, both before the first turn, one blank line apart
+    ({"messages": [{"role": "system", "content": "S1"}, {"role": "system", "content": "S2"},
+                   {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}, (f"S1\n\nS2{H} Hi{A}", " Yo", None)),
+])
+def test_records_from_common_data_sets_become_one_dialogue(record, expected):
+    pair = formats.parse(record, formats.detect(record))
+    assert (pair.prompt, pair.chosen, pair.rejected) == expected
+
+
+def test_parquet_rows_mixing_message_field_names_all_parse(tmp_path):
+    # Parquet gives each message struct every field seen in the column, absent ones as null.
+    records = [{"messages": [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": f"A{i}"}]}
+               for i in range(3)] + [{"messages": [{"from": "human", "value": "Q3"}, {"from": "gpt", "value": "A3"}]}]
+    cfg = DataConfig(source="dir", dir=str(_folder(tmp_path, "parquet", records)))
+    pairs, metrics = parse_source(cfg, seed=0)
+    assert [p.chosen for p in pairs["train"]] == [" A0", " A1", " A2", " A3"]
+    assert metrics["train"]["kept"] == 4
+
+
+def test_ground_truth_columns_come_only_from_the_synthetic_generator(tmp_path):
+    # A user's record may carry any `meta` (a string, a dict of their own): it is not the
+    # generator's ground truth, which judge@ would read as answers.
+    records = [{"chosen": f"{H} Q{i}{A} a", "rejected": f"{H} Q{i}{A} b", "meta": m}
+               for i, m in enumerate(["from-forum", {"answer": "7", "source": "x"}, None])]
+    pairs, _ = parse_source(DataConfig(source="dir", dir=str(_folder(tmp_path, "jsonl", records))), seed=0)
+    assert [p.meta for p in pairs["train"]] == [{}, {}, {}]
 
 
 def _folder(tmp_path: Path, kind: str, records: list) -> Path:
@@ -205,3 +251,23 @@ def test_no_judge_scores_nothing_and_a_judge_scores_single_responses_chosen_only
     assert judge.asked == [["x", "yy", "zzz"], ["w"]]  # no None handed to a judge
     assert scored["chosen_reward"].tolist() == [1.0, 2.0, 3.0] and scored["margin"].isna().tolist() == [False, True, True]
     assert summarise_scores(scored)["pairwise_accuracy"] == 0.5  # the one pair with a margin: a tie counts half
+
+
+def test_gptpipe_check_reads_a_lone_test_file_and_refuses_a_missing_folder(tmp_path):
+    # Train is carved from a lone test file, so its records decide what the stages can learn.
+    from typer.testing import CliRunner
+
+    from gptpipe.cli import app
+
+    folder = _folder(tmp_path, "jsonl", ALPACA)
+    (folder / "helpful-base" / "train.jsonl").unlink()
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  source: dir\n  dir: {folder}\n")
+    result = CliRunner().invoke(app, ["check", "--params", str(params)])
+    assert result.exit_code != 0 and "data.format=alpaca: single responses" in result.output
+    params.write_text(f"data:\n  source: dir\n  dir: {tmp_path / 'nowhere'}\n")
+    result = CliRunner().invoke(app, ["check", "--params", str(params)])
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines() == [f"error: data.dir: {tmp_path / 'nowhere'}/helpful-base is not a folder; "
+                                                  "set data.dir (and data.division) to the folder holding <division>/train.jsonl "
+                                                  "(or test; .jsonl.gz, .json, .parquet)"]

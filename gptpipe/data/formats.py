@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from gptpipe.data.hh import (
-    EMPTY_RESPONSE, MISSING_FIELD, NO_ASSISTANT_TURN, NOT_TEXT, Pair, Unparseable, pair_id, parse_record,
-    split_dialogue,
+    ASSISTANT, EMPTY_RESPONSE, HUMAN, MISSING_FIELD, NO_ASSISTANT_TURN, NOT_TEXT, Pair, Unparseable, pair_id,
+    parse_record, split_dialogue,
 )
 
 FORMATS = ("auto", "hh", "prompt-completion", "preference", "messages", "alpaca", "sharegpt")
@@ -25,6 +25,13 @@ SINGLE_RESPONSE = ("prompt-completion", "messages", "alpaca", "sharegpt")  # no 
 CONVERSATIONS = ("messages", "sharegpt")
 
 BAD_ROLE = "bad_role"  # a turn whose role is none of system/user/assistant (human/gpt in ShareGPT)
+# A turn's text holding "\n\nHuman:" or "\n\nAssistant:": rendered, it would split the dialogue in
+# the wrong place and train the model on words its speaker never said.
+MARKER_IN_TEXT = "marker_in_text"
+# A system message after the dialogue has begun: HH text places a system prompt only before the
+# first Human turn, so a later one has no place that keeps whose words are whose.
+LATE_SYSTEM = "late_system"
+HH_TEXT = "hh-text"  # the speaker of a prompt string that is HH dialogue already ("\n\nHuman: …\n\nAssistant:")
 ROLES = {"user": "Human", "human": "Human", "assistant": "Assistant", "gpt": "Assistant"}
 
 
@@ -33,15 +40,17 @@ def detect(record: Any) -> str | None:
     if not isinstance(record, dict):
         return None
     keys = set(record)
+    if {"chosen", "rejected"} <= keys:
+        # First: preference data often carries its SFT view too (UltraFeedback's `messages`), and a
+        # pair is the more the record says. HH is TRL's implicit-prompt text pair; a stated prompt,
+        # or message lists, is "preference".
+        return "hh" if "prompt" not in keys and isinstance(record["chosen"], str) else "preference"
     if "conversations" in keys:
         return "sharegpt"
     if "messages" in keys:
         return "messages"
     if {"instruction", "output"} <= keys:
         return "alpaca"
-    if {"chosen", "rejected"} <= keys:
-        # HH is TRL's implicit-prompt text pair; a stated prompt, or message lists, is "preference".
-        return "hh" if "prompt" not in keys and isinstance(record["chosen"], str) else "preference"
     if {"prompt", "completion"} <= keys:
         return "prompt-completion"
     return None
@@ -79,8 +88,11 @@ def parse(record: Any, fmt: str) -> Pair:
 
 def _preference(record: dict) -> Pair:
     _require(record, "chosen", "rejected")
-    prompt = _turns(record["prompt"], "user") if "prompt" in record else []
     chosen, rejected = _turns(record["chosen"], "assistant"), _turns(record["rejected"], "assistant")
+    # Responses that are whole conversations (TRL's implicit prompt, UltraFeedback's lists with the
+    # user turn in them) hold the prompt already; a `prompt` beside them would be said twice.
+    whole = any(speaker != "Assistant" for speaker, _ in chosen + rejected)
+    prompt = _turns(record["prompt"], "user") if "prompt" in record and not whole else []
     # Both rendered whole and parsed as an HH pair: the same checks (shared prompt, not identical).
     return parse_record({"chosen": _render(prompt + chosen), "rejected": _render(prompt + rejected)})
 
@@ -95,26 +107,46 @@ def _single(dialogue: list[tuple[str, str]]) -> Pair:
 def _turns(value: Any, text_role: str | None) -> list[tuple[str, str]]:
     """A text (one turn of `text_role`; None: only message lists) or a message list → [(speaker, text)]."""
     if isinstance(value, str) and text_role is not None:
-        return [(ROLES[text_role], value)]
+        if text_role == "user" and _is_hh_prompt(value):
+            return [(HH_TEXT, value)]
+        return [(ROLES[text_role], _plain(value))]
     if not isinstance(value, list) or not value:
         raise Unparseable(NOT_TEXT)
-    turns = []
+    turns: list[tuple[str, str]] = []
     for message in value:
         if not isinstance(message, dict):
             raise Unparseable(NOT_TEXT)
-        role = message.get("role", message.get("from"))
-        text = message.get("content", message.get("value"))
+        role, text = _field(message, "role", "from"), _field(message, "content", "value")
         if role is None or text is None:
             raise Unparseable(MISSING_FIELD)
         if not isinstance(role, str) or not isinstance(text, str):
             raise Unparseable(NOT_TEXT)
         if role == "system":
+            if turns and turns[-1][0] != "":
+                raise Unparseable(LATE_SYSTEM)
             turns += _system(text)
         elif role in ROLES:
-            turns.append((ROLES[role], text))
+            turns.append((ROLES[role], _plain(text)))
         else:
             raise Unparseable(BAD_ROLE)
     return turns
+
+
+def _field(message: dict, name: str, alias: str) -> Any:
+    # Parquet gives every row every column, the absent ones as null: a null `role` beside a `from`
+    # is not a missing role.
+    return message[name] if message.get(name) is not None else message.get(alias)
+
+
+def _plain(text: str) -> str:
+    if HUMAN in text or ASSISTANT in text:
+        raise Unparseable(MARKER_IN_TEXT)
+    return text
+
+
+def _is_hh_prompt(text: str) -> bool:
+    """A prompt string written as HH dialogue, as HH-derived data sets store their prompts."""
+    return text.lstrip(" ").startswith((HUMAN, HUMAN.lstrip())) and text.rstrip().endswith(ASSISTANT.lstrip())
 
 
 def _system(text: Any) -> list[tuple[str, str]]:
@@ -122,7 +154,7 @@ def _system(text: Any) -> list[tuple[str, str]]:
         return []
     if not isinstance(text, str):
         raise Unparseable(NOT_TEXT)
-    return [("", text)]
+    return [("", _plain(text))]
 
 
 def _trim(dialogue: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -136,8 +168,17 @@ def _trim(dialogue: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def _render(dialogue: list[tuple[str, str]]) -> str:
-    """HH text; a system text (speaker "") goes first, before the first Human turn, unlabelled."""
-    return "".join(text.strip() if not speaker else f"\n\n{speaker}: {text.strip()}" for speaker, text in dialogue)
+    """HH text; system texts (speaker "") go first, before the first Human turn, unlabelled, one
+    blank line apart; an HH prompt string goes as written, up to its final "Assistant:"."""
+    system = "\n\n".join(text.strip() for speaker, text in dialogue if speaker == "" and text.strip())
+    return system + "".join(_rendered(speaker, text) for speaker, text in dialogue if speaker != "")
+
+
+def _rendered(speaker: str, text: str) -> str:
+    if speaker == HH_TEXT:
+        body = text.strip(" ").rstrip()[: -len(ASSISTANT.lstrip())].rstrip()
+        return body if body.startswith("\n\n") else "\n\n" + body
+    return f"\n\n{speaker}: {text.strip()}"
 
 
 def _require(record: dict, *fields: str) -> None:

@@ -9,7 +9,7 @@ one are read by the same code. The download stage writes `data/raw/{train,test}.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,8 @@ def parse_source(cfg: DataConfig, seed: int) -> tuple[dict[str, list[Pair]], dic
             raise DataFileError(f"data: the train split is {metrics['format']} but the test split from "
                                 f"{raw.origin[split]} is {fmt}; give both splits one format")
         pairs = parse_records(raw.records[split], reports[split], lambda r, fmt=fmt: formats.parse(r, fmt))
+        if cfg.source != "synthetic":  # ground truth (answers, flaws) is the generator's alone; a
+            pairs = [replace(p, meta={}) for p in pairs]  # user's `meta` field is not (judge@ reads it)
         pairs_by_split[split] = cap_pairs(pairs, cfg.max_pairs, seed)
         metrics[split] = reports[split].as_dict() | {
             "origin": raw.origin[split],
@@ -96,8 +98,8 @@ def read_folder(root: Path, division: str, split_fraction: float, seed: int) -> 
     present = [split for split, path in found.items() if path is not None]
     if not present:
         raise DataFileError(
-            f"{folder}: no train.jsonl[.gz] or test.jsonl[.gz]; data.dir must hold "
-            f"<division>/<split>.jsonl[.gz] as the hub does (data.division={division!r})"
+            f"{folder}: no train or test file (.jsonl, .jsonl.gz, .json or .parquet); data.dir must hold "
+            f"<division>/<split>.<ext> as the hub does (data.division={division!r})"
         )
     records = {split: read_records(found[split]) for split in present}
     if len(present) == 2:
