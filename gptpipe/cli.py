@@ -66,13 +66,15 @@ def repro(
 ) -> None:
     """Validate params (and, for a preset, reach its assets), then run `dvc repro`."""
     from gptpipe.preflight import memory_report, unreachable_assets
-    from gptpipe.train.memory_plan import Card
+    from gptpipe.train.memory_plan import Card, Host, host_problems
 
     try:
         merged, text = _apply_preset(params, preset) if preset else (load_params(params), None)
         problems = unreachable_assets(merged)
         card = Card.current() if merged.shared.device != "cpu" else None
         plan_lines, memory_problems = memory_report(merged, card)
+        if card is None:  # a CPU run: every training stage's RAM, before the first one runs
+            memory_problems += host_problems(merged, Host.current())
         for line in plan_lines:
             typer.echo(f"memory plan on {card.name}: {line}")
         problems += memory_problems

@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gptpipe.errors import UserError
+from gptpipe.params_file import read_params_file
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "galore", "muon", "adafactor")
 # Block projections LoRA may wrap, per model.arch (module-path suffixes; see gptpipe.models.lora).
@@ -24,8 +24,9 @@ ARCH_LORA_TARGETS = {"gpt2": ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_p
     "mlp.down_proj")}
 LORA_TARGETS = ARCH_LORA_TARGETS["gpt2"] + ARCH_LORA_TARGETS["llama"]
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
+# strict: `n_layer: yes` (YAML's true) or 2.5 is an error, not 1 layer or 2.
+PositiveInt = Annotated[int, Field(gt=0, strict=True)]
+NonNegativeInt = Annotated[int, Field(ge=0, strict=True)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
@@ -149,6 +150,8 @@ class ModelConfig(Section):
                              "use init: scratch, or arch: gpt2")
         if self.arch == "llama" and self.n_head % (self.n_kv_head or self.n_head):
             raise ValueError(f"n_kv_head: {self.n_kv_head} does not divide n_head={self.n_head}")
+        if self.arch == "llama" and (self.n_embd // self.n_head) % 2:  # RoPE turns pairs of dimensions
+            raise ValueError(f"n_head: {self.n_head} gives heads of {self.n_embd // self.n_head} dimensions; RoPE needs an even head size")
         if self.arch == "llama" and self.dropout:  # Llama drops attention probabilities only: it would mean less
             raise ValueError(f"dropout: {self.dropout}; arch llama has no residual dropout here, use 0.0")
         return self
@@ -378,6 +381,10 @@ class Params(Section):
     def _sections_agree(self) -> Params:  # sequences fit the model, adapters its projections, the filter its judge
         if self.model.init == "scratch" and self.tokenize.max_length > self.model.n_positions:
             raise ValueError(f"tokenize.max_length: {self.tokenize.max_length} exceeds model.n_positions={self.model.n_positions}")
+        if self.model.arch == "llama" and not self.scaling.fine_tunes and self.scaling.head_dim % 2:
+            raise ValueError(f"scaling.head_dim: {self.scaling.head_dim}; model.arch llama's RoPE needs an even head size")
+        if self.model.init == "scratch" and self.generate.max_new_tokens >= self.model.n_positions:
+            raise ValueError(f"generate.max_new_tokens: {self.generate.max_new_tokens} leaves no room for a prompt in model.n_positions={self.model.n_positions}; use fewer")
         hub = [k for k, on in (("model.init=pretrained", self.model.init == "pretrained"), ("scaling.models", self.scaling.fine_tunes)) if on]
         if self.tokenize.tokenizer == "trained" and hub:  # a trained tokenizer's ids mean nothing to GPT-2's embedding
             raise ValueError(f"tokenize.tokenizer: trained cannot feed hub weights ({hub[0]}): they read GPT-2's BPE ids; set tokenize.tokenizer=gpt2, or model.init=scratch and scratch scaling.models")
@@ -414,15 +421,14 @@ class Params(Section):
     def _optimizers_shard(self) -> Params:
         if self.shared.strategy == "fsdp":
             for section in self.trained_sections:
-                if (optimizer := getattr(self, section).optimizer) in ("galore", "muon"):  # whole-matrix maths
+                if (optimizer := getattr(self, section).optimizer) in ("galore", "muon", "adafactor"):  # whole-matrix maths
                     raise ValueError(f"{section}.optimizer: {optimizer} needs whole matrices, and shared.strategy: fsdp "
                                      "gives each process a shard; use adamw there, or strategy: ddp")
         return self
 
     @model_validator(mode="after")
     def _fits_the_synthetic_data(self) -> Params:
-        # Generated data has a known size before any work; a folder's or the hub's is checked by the
-        # download stage as soon as it is read (check_fits_data there).
+        # Generated data's size is known before any work; a folder's or the hub's is checked on reading.
         if self.data.source == "synthetic":
             pairs = min(self.data.synthetic.n_train, self.data.max_pairs or self.data.synthetic.n_train)
             try:
@@ -462,12 +468,7 @@ def check_keep_fits(keep: int | None, train_pairs: int, read: str = "train pairs
 def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
     """Read and validate params; raise ParamsError with one line on the first problem."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: no such params file") from None
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
+    raw = read_params_file(path, ParamsError)
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
     return parse_params(raw, source=str(path))

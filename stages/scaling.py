@@ -16,6 +16,7 @@ from gptpipe.models.gpt2 import build_scratch, load_pretrained
 from gptpipe.scaling.fit import plan_runs
 from gptpipe.scaling.summary import write_scaling_report
 from gptpipe.scaling.runs import run_config, scaling_shape, scratch_config
+from gptpipe.train.memory_plan import check_host_memory
 from gptpipe.train.checkpoint import discard, run_key
 from gptpipe.train.loop import train
 from gptpipe.train.objectives import LanguageModelling
@@ -30,7 +31,7 @@ def run(shared: SharedConfig, model: ModelConfig, scaling: ScalingConfig, data_s
     # every FLOP a model has seen is counted (the compute-optimal question needs that).
     pretrained = scaling.fine_tunes
     vocab = load_tokenizer(tokenizer)  # scratch shapes take the run's vocabulary (params refuse hub weights with a trained one)
-    shapes = {scaling_shape(name, scaling.head_dim): name for name in scaling.models}
+    shapes = {scaling_shape(name, scaling.head_dim, None if pretrained else model): name for name in scaling.models}
     if not pretrained:
         shapes = {replace(shape, vocab_size=vocab.vocab_size): name for shape, name in shapes.items()}
     loss_on, responses = ("response", ("chosen",)) if pretrained else ("all", ("chosen", "rejected"))
@@ -60,7 +61,7 @@ def run(shared: SharedConfig, model: ModelConfig, scaling: ScalingConfig, data_s
                      "tokens_per_s": trained["tokens_per_s"]})
     study = "embedded default" if data_source == "synthetic" else "full study"
     regime = (f"{study}: {', '.join(scaling.models)} fine-tuned from saved weights (fine-tuning FLOPs only)" if pretrained else
-              f"{study}: scratch GPT-2 shapes {', '.join(scaling.models)} pretrained on "
+              f"{study}: scratch {'GPT-2' if model.arch == 'gpt2' else 'llama-variant'} shapes {', '.join(scaling.models)} pretrained on "
               f"{data_source} dialogues, {runtime.device.type.upper()}")
     summary = write_scaling_report(pd.DataFrame(rows), out, regime=regime)
     write_json(metrics, summary)
@@ -71,6 +72,7 @@ def run(shared: SharedConfig, model: ModelConfig, scaling: ScalingConfig, data_s
 
 def main(tokenizer: Path, tokenized: Path, out: Path, metrics: Path, checkpoints: Path) -> None:
     params = load_params("params.yaml")
+    check_host_memory(params, "scaling")  # before any work: a size that cannot fit stops the sweep here
     run(params.shared, params.model, params.scaling, params.data.source, tokenizer, tokenized, out, metrics, checkpoints)
 
 

@@ -23,7 +23,7 @@ from gptpipe.train.bench import (
     loss_parity,
     sft_examples,
 )
-from gptpipe.config import ModelConfig, Params, SharedConfig, SftConfig, TokenizeConfig
+from gptpipe.config import GenerateConfig, ModelConfig, Params, SharedConfig, SftConfig, TokenizeConfig
 from gptpipe.models.gpt2 import build_scratch
 from gptpipe.data.tokenizer import EOT_ID, write_arrow
 
@@ -33,6 +33,7 @@ TINY = Params(
     model=ModelConfig(n_layer=1, n_embd=32, n_head=2, n_positions=64),
     # Two micro-batches per step, so the per-step grouping of HF's batches is exercised too.
     train=SftConfig(batch_size=4, micro_batch_size=2, max_steps=10, warmup_steps=1, eval_samples=8),
+    generate=GenerateConfig(max_new_tokens=16),  # leaves the 64 positions room for a prompt
 )
 
 

@@ -48,6 +48,11 @@ def test_no_param_is_named_like_dvc_file_metadata():
         ({"data": {"source": "dir"}}, "data.dir: source 'dir' needs an absolute folder path"),
         ({"data": {"source": "dir", "dir": "relative/path"}}, "data.dir: 'relative/path' is relative"),
         ({"tokenize": {"max_length": 512}}, "tokenize.max_length: 512 exceeds model.n_positions=256"),
+        # YAML's yes/true and 2.5 are not layer counts (lax pydantic made them 1 and refused only 2.5)
+        ({"model": {"n_layer": True}}, "model.n_layer: True: Input should be a valid integer"),
+        ({"model": {"n_layer": 2.0}}, "model.n_layer: 2.0: Input should be a valid integer"),
+        ({"model": {"arch": "llama", "n_embd": 36, "n_head": 12}}, "model.n_head: 12 gives heads of 3 dimensions; RoPE needs an even head size"),
+        ({"generate": {"max_new_tokens": 256}}, "generate.max_new_tokens: 256 leaves no room for a prompt in model.n_positions=256"),
     ],
 )
 def test_bad_params_give_one_line_naming_the_key(override, expected):
@@ -56,6 +61,22 @@ def test_bad_params_give_one_line_naming_the_key(override, expected):
     message = str(err.value)
     assert expected in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"model:\n  arch: llama\n  arch: gpt2\n", "key 'arch' appears twice (line 3); keep one of them"),
+    (b"\xff\xfe\x00model", "not UTF-8 text"),
+    (b"- a\n- b\n", "holds a list, not a mapping of sections"),
+    (b"model: [\n", "not valid YAML"),
+])
+def test_a_params_file_dvc_would_refuse_is_one_line(tmp_path, content, expected):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ParamsError, match="a folder, not a params file"):
+        load_params(tmp_path)
 
 
 def test_yaml_scientific_notation_is_a_number(tmp_path):

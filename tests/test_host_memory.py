@@ -73,3 +73,22 @@ def test_a_measured_dpo_step_with_a_live_reference_lies_within_the_plans_toleran
     job = Job("dpo", f"{n_layer}x{n_embd}", shape, loop, LoraConfig(), "float32", length, 2, frozen_copy=True)
     planned = cpu_need(job, micro, False).bytes - CPU_PROCESS_BYTES
     assert planned == pytest.approx(peak - imported, rel=CPU_TOLERANCE)
+
+
+def test_when_neither_alone_fits_the_line_names_a_smaller_checkpointed_micro_batch():
+    # 6 GiB: micro-batch 1 unchecked needs 5.2 GB and checkpointing at 16 needs 12.7; together at 2, 3.8.
+    with pytest.raises(MemoryPlanError) as err:
+        check_stage(full_preset_on_cpu(), "dpo", Host(6 * GIB))
+    assert str(err.value).endswith("set dpo.micro_batch_size=2 dpo.activation_checkpointing=true (3.8 GB)")
+    fixed = full_preset_on_cpu(micro_batch_size=2, activation_checkpointing=True)
+    assert check_stage(fixed, "dpo", Host(6 * GIB)).bytes <= Host(6 * GIB).usable_bytes
+
+
+def test_every_size_of_the_sweep_is_checked_and_the_one_that_cannot_fit_is_named():
+    from gptpipe.config import parse_params
+
+    params = parse_params({"scaling": {"models": ["1x8", "1x16", "24x2048"], "head_dim": 8}, "shared": {"device": "cpu"}})
+    with pytest.raises(MemoryPlanError, match=r"^scaling needs .*: drop 24x2048 from scaling.models, or lower scaling.batch_size$"):
+        check_stage(params, "scaling", HOST_24)
+    assert memory_plan.host_problems(params, HOST_24)[0].startswith("scaling needs")
+    assert memory_plan.host_problems(parse_params({}), HOST_24) == []  # the default fits

@@ -154,6 +154,7 @@ def test_more_processes_than_gpus_is_a_preflight_problem():
     ({"strategy": "fsdp", "processes": 1}, None, "set shared.processes"),
     ({"strategy": "fsdp", "processes": 2, "dtype": "float16"}, None, "use dtype bfloat16"),
     ({"strategy": "fsdp", "processes": 2}, {"dpo": {"optimizer": "galore"}}, "dpo.optimizer: galore"),
+    ({"strategy": "fsdp", "processes": 2}, {"train": {"optimizer": "adafactor"}}, "train.optimizer: adafactor"),
 ])
 def test_settings_fsdp_cannot_run_fail_before_any_work(shared, section, message):
     from gptpipe.config import parse_params

@@ -18,8 +18,9 @@ def test_scaling_stage_trains_each_size_for_its_budget_and_writes_the_report(tok
     runs = pd.read_csv(tmp_path / "scaling" / "runs.csv")
     assert len(runs) == 6
     for row in runs.itertuples():
-        n = count_params(_scaling_shape(row.label, 16))
-        assert row.n_params == n and row.planned_tokens == int(row.budget // (6 * n))
+        n = count_params(_scaling_shape(row.label, 16, params.model))
+        assert row.n_params == n == _built_params(params.model, row.label, 16)  # the 128 positions, not 1,024
+        assert row.planned_tokens == int(row.budget // (6 * n))
         # Whole steps of variable-length sequences: the tokens seen land near the plan.
         assert 0.3 * row.planned_tokens < row.tokens < 3 * row.planned_tokens + 2000
         assert row.test_loss < 10.9
@@ -29,6 +30,25 @@ def test_scaling_stage_trains_each_size_for_its_budget_and_writes_the_report(tok
     assert "embedded default" in (tmp_path / "scaling" / "compute_optimal.md").read_text()
     for png in ("isoflop.png", "envelope.png", "n_opt.png"):
         assert (tmp_path / "scaling" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def _built_params(model, label: str, head_dim: int) -> int:
+    from gptpipe.models.gpt2 import build_scratch
+    from gptpipe.scaling.runs import scratch_config
+
+    built = build_scratch(scratch_config(model, _scaling_shape(label, head_dim)), 0)
+    return sum(p.numel() for p in built.parameters())  # the tied head counted once
+
+
+@pytest.mark.parametrize("n_kv_head, ffn_hidden", [(None, None), (1, 64), (2, None)])
+def test_a_llama_sweep_counts_the_variant_it_builds_at_every_width(tiny_params, n_kv_head, ffn_hidden):
+    # The model section's n_kv_head and ffn_hidden are for its own width: a sweep shape of one head
+    # cannot have two K/V heads (it crashed), nor every width one FFN. N is what the build holds.
+    model = tiny_params.model.model_copy(update={"arch": "llama", "n_kv_head": n_kv_head, "ffn_hidden": ffn_hidden})
+    for label in ("1x16", "2x32", "1x48"):
+        shape = _scaling_shape(label, 16, model)
+        assert shape.arch == "llama" and shape.kv_heads == shape.n_head and shape.n_positions == model.n_positions
+        assert count_params(shape) == _built_params(model, label, 16)
 
 
 def test_scaling_params_are_checked_before_work():

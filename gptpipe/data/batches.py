@@ -92,7 +92,7 @@ def lm_examples(
     prompt's earlier assistant turns (found by `markers`, the tokenizer's encoding of HH's turn
     markers: gptpipe.data.turns); "all" every token after the first.
     """
-    if loss_on not in ("response", "assistant_turns", "all"):  # "auto" is resolved by turns.loss_on_for
+    if loss_on not in ("response", "assistant_turns", "all"):  # "auto" is resolved by loss_targets.loss_on_for
         raise ValueError(f"loss_on={loss_on!r}: give response, assistant_turns or all")
     if loss_on == "assistant_turns" and markers is None:
         raise ValueError("loss_on='assistant_turns' needs the encoded turn markers")

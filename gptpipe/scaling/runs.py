@@ -9,14 +9,16 @@ from pathlib import Path
 
 from gptpipe.config import LoopConfig, ModelConfig, ScalingConfig
 from gptpipe.errors import UserError
+from gptpipe.models.architecture import ffn_width
 from gptpipe.train.flops import GPT2_SHAPES, ModelShape
 
 RUN_CHECKPOINTS = 4  # a killed sweep resumes each run from its last quarter or better
 
 
-def scaling_shape(name: str, head_dim: int) -> ModelShape:
+def scaling_shape(name: str, head_dim: int, model: ModelConfig | None = None) -> ModelShape:
     """A sweep entry's shape: a hub GPT-2 name, an absolute save_pretrained folder (offline copies
-    of the hub's weights), or "<layers>x<width>" built from scratch."""
+    of the hub's weights), or "<layers>x<width>" built from scratch as `model` builds it (its
+    architecture and positions; GPT-2 at 1,024 positions without one)."""
     if name in GPT2_SHAPES:
         return GPT2_SHAPES[name]
     if Path(name).is_absolute():
@@ -31,12 +33,20 @@ def scaling_shape(name: str, head_dim: int) -> ModelShape:
             f"scaling.models: {name!r} is neither <layers>x<width> (width a multiple of "
             f"scaling.head_dim={head_dim}), one of {', '.join(GPT2_SHAPES)}, nor an absolute model folder"
         )
-    return ModelShape(n_layer=int(layers), n_embd=int(width), n_head=int(width) // head_dim)
+    shape = ModelShape(n_layer=int(layers), n_embd=int(width), n_head=int(width) // head_dim)
+    if model is None:
+        return shape
+    built = scratch_config(model, shape)
+    return ModelShape(shape.n_layer, shape.n_embd, shape.n_head, n_positions=model.n_positions, arch=model.arch,
+                      ffn_hidden=ffn_width(built) if model.arch == "llama" else None)
 
 
 def scratch_config(model: ModelConfig, shape: ModelShape) -> ModelConfig:
-    """The model section with a sweep shape's layers, width and heads."""
-    return model.model_copy(update={"n_layer": shape.n_layer, "n_embd": shape.n_embd, "n_head": shape.n_head})
+    """The model section at a sweep shape's layers, width and heads. Its n_kv_head and ffn_hidden are
+    set for its own width and heads, so a sweep shape takes the defaults: a K/V head per query head,
+    and llama's FFN by the 2/3 rule at the shape's width."""
+    return model.model_copy(update={"n_layer": shape.n_layer, "n_embd": shape.n_embd, "n_head": shape.n_head,
+                                    "n_kv_head": None, "ffn_hidden": None})
 
 
 def run_config(scaling: ScalingConfig, steps: int) -> LoopConfig:

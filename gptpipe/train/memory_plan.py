@@ -133,7 +133,7 @@ def jobs(params: Params) -> list[Job]:
     found.append(Job("dpo", label, shape, dpo, dpo.lora, dtype, length, 2, live_copy, shards=shards))
     for name in params.scaling.models:
         sweep = run_config(params.scaling, 1)
-        sized = scaling_shape(name, params.scaling.head_dim)
+        sized = scaling_shape(name, params.scaling.head_dim, m if is_scratch_shape(name) else None)
         sized = replace(sized, vocab_size=vocab) if is_scratch_shape(name) else sized
         found.append(Job("scaling", name, sized, sweep, LoraConfig(), dtype, length))
     return found
@@ -350,31 +350,55 @@ def check_host_memory(params: Params, stage: str) -> None:
 
 
 def check_stage(params: Params, stage: str, host: Host) -> Need | None:
-    """The stage's job fits the host's RAM as set (its Need), or a MemoryPlanError naming what fits.
-    None for a stage that trains nothing with these params (base from hub weights, a hub judge)."""
-    job = next((j for j in jobs(params) if j.stage == stage), None)
-    if job is None:
-        return None
+    """The stage's jobs (the sweep has one a size) fit the host's RAM as set (the last one's Need), or a
+    MemoryPlanError naming what fits. None for a stage that trains nothing with these params (base
+    from hub weights, a hub judge)."""
+    found = None
+    for job in (j for j in jobs(params) if j.stage == stage):
+        found = _check_job(job, host)
+    return found
+
+
+def host_problems(params: Params, host: Host) -> list[str]:
+    """Every training stage's RAM check at once (`gptpipe repro` on a CPU): one line per stage that
+    cannot fit, before the first stage runs rather than when the last one starts."""
+    problems = []
+    for stage in dict.fromkeys(j.stage for j in jobs(params)):
+        try:
+            check_stage(params, stage, host)
+        except MemoryPlanError as err:
+            problems.append(str(err))
+    return problems
+
+
+def _check_job(job: Job, host: Host) -> Need:
     configured = cpu_need(job, job.loop.micro_batch_size, job.loop.activation_checkpointing)
     if configured.bytes <= host.usable_bytes:
         return configured
-    options = [
-        f"{job.stage}.micro_batch_size={trial.micro_batch_size} ({trial.bytes / GB:.1f} GB)"
-        for trial in (cpu_need(job, m, job.loop.activation_checkpointing) for m in _divisors(job.loop.batch_size, job.loop.micro_batch_size))
-        if trial.bytes <= host.usable_bytes
-    ][:1]  # the largest that fits: the same batch, the least accumulation
-    if not job.loop.activation_checkpointing:
-        checkpointed = cpu_need(job, job.loop.micro_batch_size, True)
-        if checkpointed.bytes <= host.usable_bytes:
-            options.append(f"{job.stage}.activation_checkpointing=true ({checkpointed.bytes / GB:.1f} GB)")
+    fix = f"set {' or '.join(options)}" if (options := _host_options(job, host)) else f"no micro-batch fits; use a GPU or a host with {need_gib(job):.0f} GiB"
+    if job.stage == "scaling":  # the sweep has no micro-batch of its own: a size goes, or the batch shrinks
+        fix = f"drop {job.label} from scaling.models, or lower scaling.batch_size"
     sequences = f"{job.sequences_per_example} x {job.loop.micro_batch_size}" if job.sequences_per_example > 1 else f"{job.loop.micro_batch_size}"
     reference = ", a live reference copy" if job.frozen_copy else ""
-    fix = f"set {' or '.join(options)}" if options else f"no micro-batch fits; use a GPU or a host with {need_gib(job):.0f} GiB"
     raise MemoryPlanError(
         f"{job.stage} needs {configured.bytes / GB:.1f} GB of RAM at {job.stage}.micro_batch_size="
         f"{job.loop.micro_batch_size} ({sequences} sequences of {job.max_length} tokens, {_what(job)}{reference}); "
         f"this host has {host.total_bytes / GIB:.0f} GiB ({host.usable_bytes / GB:.1f} GB usable): {fix}"
     )
+
+
+def _host_options(job: Job, host: Host) -> list[str]:
+    """The settings that fit: the largest smaller micro-batch, checkpointing alone, or, when neither
+    does, the largest micro-batch that fits checkpointed."""
+    divisors, on = _divisors(job.loop.batch_size, job.loop.micro_batch_size), job.loop.activation_checkpointing
+    options = [f"{job.stage}.micro_batch_size={t.micro_batch_size} ({t.bytes / GB:.1f} GB)"
+               for t in (cpu_need(job, m, on) for m in divisors) if t.bytes <= host.usable_bytes][:1]
+    if not on and (checkpointed := cpu_need(job, job.loop.micro_batch_size, True)).bytes <= host.usable_bytes:
+        options.append(f"{job.stage}.activation_checkpointing=true ({checkpointed.bytes / GB:.1f} GB)")
+    if not options and not on:
+        options = [f"{job.stage}.micro_batch_size={t.micro_batch_size} {job.stage}.activation_checkpointing=true ({t.bytes / GB:.1f} GB)"
+                   for t in (cpu_need(job, m, True) for m in divisors) if t.bytes <= host.usable_bytes][:1]
+    return options
 
 
 def need_gib(job: Job) -> float:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from gptpipe.config import LoopConfig
 from gptpipe.models.architecture import blocks
@@ -59,14 +60,17 @@ class MuonAdamW(torch.optim.Optimizer):
                                  "Muon orthogonalises matrices only, give it to AdamW")
         self.muon = torch.optim.Muon(muon_params, lr=lr, weight_decay=weight_decay, momentum=MUON_MOMENTUM,
                                      nesterov=True, adjust_lr_fn="match_rms_adamw")
-        self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, eps=eps, **adamw_kwargs)
-        super().__init__(self.muon.param_groups + self.adamw.param_groups, defaults={})
+        # LoRA on Muon: every trainable tensor is an adapter matrix, and AdamW has nothing to hold.
+        self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, eps=eps, **adamw_kwargs) if adamw_groups else None
+        super().__init__(self.muon.param_groups + (self.adamw.param_groups if self.adamw else []), defaults={})
         self._share()
 
     def _share(self) -> None:
         n = len(self.muon.param_groups)
-        self.muon.param_groups, self.adamw.param_groups = self.param_groups[:n], self.param_groups[n:]
-        self.muon.state = self.adamw.state = self.state  # keyed by parameter: the two sets are disjoint
+        self.muon.param_groups = self.param_groups[:n]
+        self.muon.state = self.state  # keyed by parameter: the two sets are disjoint
+        if self.adamw:
+            self.adamw.param_groups, self.adamw.state = self.param_groups[n:], self.state
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)  # replaces self.state and the groups' dicts
@@ -76,7 +80,8 @@ class MuonAdamW(torch.optim.Optimizer):
     def step(self, closure=None):  # noqa: ANN001 (torch's signature)
         loss = closure() if closure is not None else None
         self.muon.step()
-        self.adamw.step()
+        if self.adamw:
+            self.adamw.step()
         return loss
 
 
@@ -95,11 +100,13 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: LoopConfig,
     # a 2x128 GPT-2 (the 50,257 x 128 embedding) took 34 ms a step, fused 8.
     devices = {p.device.type for p in trainable}
     fused = {"fused": True} if len(devices) == 1 and devices <= {"cpu", "cuda"} else {}
+    # FSDP's sharded parameters (DTensors) have no sharding rule for fused SGD (Adam's has one).
+    sgd_fused = {} if any(isinstance(p, DTensor) for p in trainable) else fused
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, **fused)
+        return torch.optim.SGD(groups, lr=lr, **sgd_fused)
     if cfg.optimizer in ("momentum", "nesterov"):
         return torch.optim.SGD(
-            groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.optimizer == "nesterov", **fused
+            groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.optimizer == "nesterov", **sgd_fused
         )
     betas = (cfg.beta1, cfg.beta2)
     if cfg.optimizer == "muon":
