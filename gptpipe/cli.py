@@ -367,15 +367,22 @@ def plots_template(
     local: Annotated[bool, typer.Option("--config/--no-config", help="Also set this checkout's `dvc config --local plots.html_template`.")] = True,
 ) -> None:
     """Write the offline page for `dvc plots show` / `dvc plots diff` (vega inline, no CDN) and point DVC at it."""
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
     from gptpipe.report.plots_template import TEMPLATE_PATH, write_template
 
     try:
-        path = write_template(TEMPLATE_PATH)
+        # In the project's root, wherever in it this runs: that is where the DVC setting points.
+        root = Path(Repo.find_root()) if local else Path(".")
+        path = write_template(root / TEMPLATE_PATH)
+    except NotDvcRepoError:
+        _fail(UserError("plots-template: not inside a DVC project; run it in the project, or with --no-config"))
     except UserError as err:
         _fail(err)
     if local:
         # DVC reads a relative html_template from .dvc/, so the value climbs out of it.
-        status = subprocess.call(["dvc", "config", "--local", "plots.html_template", f"../{path}"])
+        status = subprocess.call(["dvc", "config", "--local", "plots.html_template", f"../{TEMPLATE_PATH}"], cwd=root)
         if status:
             raise typer.Exit(status)
         typer.echo(f"{path}: written; `dvc plots show` and `dvc plots diff` use it (dvc config --local plots.html_template)")

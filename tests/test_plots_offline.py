@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -102,3 +103,14 @@ def test_diff_draws_with_the_configured_template(project, tmp_path):
     run(project, "dvc", "plots", "diff", "HEAD", "-o", str(tmp_path / "diff"))
     n = len(yaml.safe_load((project / "dvc.yaml").read_text())["plots"])
     check_drawn(tmp_path / "diff", n)
+
+
+def test_the_command_writes_the_page_at_the_project_root_from_any_folder_in_it(project):
+    # DVC reads the setting relative to .dvc/: a page written beside a subfolder's cwd would leave
+    # the setting pointing at nothing, and `dvc plots show` failing on a template without {plot_divs}.
+    sub = project / "plots" / "sft"
+    out = subprocess.run([sys.executable, "-m", "gptpipe.cli", "plots-template"], cwd=sub, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (project / ".gptpipe" / "plots.html").is_file() and not (sub / ".gptpipe").exists()
+    setting = subprocess.run(["dvc", "config", "--local", "plots.html_template"], cwd=project, capture_output=True, text=True)
+    assert setting.stdout.strip() == "../.gptpipe/plots.html"

@@ -88,6 +88,27 @@ def test_every_point_sets_keys_the_params_accept(tmp_path, monkeypatch):
     assert ranks["full"]["train.lora.rank"] == 0
 
 
+def test_architecture_points_validate_on_a_llama_params_file_and_a_bad_point_stops_the_study(tmp_path, monkeypatch):
+    # On a llama params.yaml the gpt2 point must switch the llama-only knobs off, or it is invalid.
+    from gptpipe.config import ParamsError, load_params
+    from gptpipe.studies import definitions
+    from gptpipe.studies.architecture import architecture_points
+    from gptpipe.studies.runner import Point
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("model:\n  arch: llama\n  n_kv_head: 2\n  ffn_hidden: 320\n")
+    for point in architecture_points():
+        load_params(tmp_path / "params.yaml", overrides=point.overrides)
+    queued = []
+    monkeypatch.setattr(definitions, "run_points", lambda *a, **k: queued.append(a))
+    study = definitions.STUDIES["architecture"]
+    bad = Point("odd", {"model.n_head": 3})
+    monkeypatch.setattr(definitions, "chosen_points", lambda s, only: [bad])
+    with pytest.raises(ParamsError, match=r"^study architecture, point odd: .*model.n_head: 3 does not divide n_embd=128"):
+        definitions.run_study(study, report_only=False)
+    assert queued == []  # refused before any experiment was queued
+
+
 def test_scaling_points_follow_the_validated_model_section(tmp_path, monkeypatch):
     from gptpipe.config import ParamsError
     from gptpipe.studies.definitions import scaling_points

@@ -29,7 +29,7 @@ def matched_ffn(d: int, n_head: int, n_kv_head: int) -> int:
 
 def architecture_points(params_path: str | Path = "params.yaml") -> list[Point]:
     model = load_params(params_path).model
-    points = [Point("gpt2", {"model.arch": "gpt2"})]  # params.yaml's n_kv_head, ffn_hidden: null
+    points = [Point("gpt2", {"model.arch": "gpt2", "model.n_kv_head": None, "model.ffn_hidden": None})]  # llama-only knobs off
     for q in QUERIES_PER_KV:
         if model.n_head % q:
             continue  # a grouping the shape's heads cannot make

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from gptpipe import figures as plots
-from gptpipe.config import SftConfig, load_params
+from gptpipe.config import ParamsError, SftConfig, load_params
 from gptpipe.train.optim import DEFAULT_LR, STATE_COPIES
 from gptpipe.errors import UserError
 from gptpipe.studies.columns import JUDGE_SFT, SFT_METRICS, SFT_SERIES, judged_columns
@@ -410,6 +410,11 @@ def run_study(study: Study, *, report_only: bool, seeds: int = 1, only: Sequence
         baseline, seeds = recorded_baseline(record), recorded_seeds(record)
     params = load_params("params.yaml")
     runs = seeded_points(points, seeds, params.shared.seed)
+    for run, point, _ in runs:  # a point params.yaml cannot take fails here, not as one failed experiment
+        try:
+            load_params("params.yaml", run.overrides)
+        except ParamsError as err:
+            raise ParamsError(f"study {study.name}, point {point}: {err}") from None
     if not report_only:
         baseline = run_points(study.name, [run for run, _, _ in runs], study.target)
     results = collect(study.name, [run.label for run, _, _ in runs], baseline, [SFT_SERIES])
