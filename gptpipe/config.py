@@ -77,7 +77,9 @@ class DataConfig(Section):
     source: Literal["synthetic", "dir", "hf"] = "synthetic"
     # Record format of dir/hf files, told by the first record's fields or stated (data/formats.py)
     format: Literal["auto", "hh", "prompt-completion", "preference", "messages", "alpaca", "sharegpt"] = "auto"
-    # HH-RLHF division (helpful-base, harmless-base, ...): a folder name under data.dir / the hub's data_dir
+    # source hf: a hub dataset id, or an absolute folder datasets.load_dataset reads (Parquet, JSON Lines)
+    hf_dataset: str = "Anthropic/hh-rlhf"
+    # HH-RLHF division (helpful-base, harmless-base, ...): a folder under data.dir, or Anthropic/hh-rlhf's data_dir
     division: str = "helpful-base"
     # Absolute path of a folder in the hub layout <division>/{train,test}.jsonl[.gz] (source: dir).
     # Absolute, because dvc exp runs stages in a copy of the repo (DVC-NOTES 2).
@@ -87,10 +89,8 @@ class DataConfig(Section):
     split_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.1
     # Cap on pairs per split after parsing (null = all): a slice of the real data for a quick run.
     max_pairs: PositiveInt | None = None
-    # A split dropping more than this fraction of its records (malformed, duplicate, no preference)
-    # is an error: it is probably not HH data, or the wrong file. Measured: the real harmless-base
-    # test split drops 9 of 2,312 (0.4%; 5 prompt mismatches, 4 empty responses), the synthetic
-    # default 0; 1.0 turns the check off.
+    # A split dropping more than this fraction of its records is an error (the wrong file?). The real harmless-base
+    # test split drops 9 of 2,312 (0.4%; 5 prompt mismatches, 4 empty responses); 1.0 turns the check off.
     max_drop_fraction: Fraction = 0.1
     synthetic: SyntheticConfig = SyntheticConfig()
 

@@ -13,7 +13,7 @@ from gptpipe.config import Params
 from gptpipe.models.gpt2 import HUB_GPT2
 from gptpipe.data import formats
 from gptpipe.data.batches import SFT_ALONE
-from gptpipe.data.sources import HF_DATASET, _split_file, read_records
+from gptpipe.data.sources import _split_file, read_records
 from gptpipe.train.memory_plan import GB, Card, MemoryPlanError, advice, jobs, plan
 
 HUB_TIMEOUT_S = 10
@@ -21,9 +21,10 @@ HUB_TIMEOUT_S = 10
 
 def unreachable_assets(params: Params) -> list[str]:
     problems = []
-    if params.data.source == "hf" and not _hub_has("dataset", HF_DATASET):
+    hub_dataset = not Path(params.data.hf_dataset).is_absolute()
+    if params.data.source == "hf" and hub_dataset and not _hub_has("dataset", params.data.hf_dataset):
         problems.append(
-            f"data.source=hf: the Hugging Face hub has no reachable {HF_DATASET}; offline, set "
+            f"data.source=hf: the Hugging Face hub has no reachable {params.data.hf_dataset}; offline, set "
             f"data.source=dir and data.dir=/absolute/folder with {params.data.division}/"
             "{train,test}.jsonl.gz (the hub's layout)"
         )

@@ -271,3 +271,43 @@ def test_gptpipe_check_reads_a_lone_test_file_and_refuses_a_missing_folder(tmp_p
     assert result.output.strip().splitlines() == [f"error: data.dir: {tmp_path / 'nowhere'}/helpful-base is not a folder; "
                                                   "set data.dir (and data.division) to the folder holding <division>/train.jsonl "
                                                   "(or test; .jsonl.gz, .json, .parquet)"]
+
+
+@pytest.mark.parametrize("files", [("train",), ("train", "test")])
+def test_the_hf_source_reads_any_dataset_through_the_one_parser(tmp_path, files):
+    # A folder datasets.load_dataset reads (as it reads a hub id): Alpaca records, train alone carved
+    # as a folder's would be. data.division names HH-RLHF's folders only, and is not used here.
+    for split in files:
+        records = [{"instruction": f"Say {i}.", "input": "", "output": f"{i}"} for i in range(20)]
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    cfg = DataConfig(source="hf", hf_dataset=str(tmp_path), split_fraction=0.25)
+    pairs, metrics = parse_source(cfg, seed=0)
+    assert metrics["format"] == "alpaca" and metrics["dataset"] == str(tmp_path)
+    if files == ("train",):
+        assert (len(pairs["train"]), len(pairs["test"])) == (15, 5) and "has no test split: carving" in metrics["carved"]["note"]
+    else:
+        assert len(pairs["train"]) == len(pairs["test"]) == 20 and "carved" not in metrics
+    assert {p.chosen for p in pairs["train"]} <= {f" {i}" for i in range(20)}
+
+
+def test_the_hf_source_offline_names_the_dataset_and_a_local_folder(monkeypatch):
+    from huggingface_hub import constants
+
+    from gptpipe.data.sources import SourceUnreachable
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(SourceUnreachable) as err:
+        parse_source(DataConfig(source="hf", hf_dataset="HuggingFaceH4/ultrafeedback_binarized"), seed=0)
+    message = str(err.value)
+    assert message.startswith("data.source=hf: HuggingFaceH4/ultrafeedback_binarized on the Hugging Face hub: ")
+    assert "data.hf_dataset=/absolute/folder" in message and "\n" not in message
+
+
+def test_a_byte_order_mark_does_not_cost_the_first_record(tmp_path):
+    folder = _folder(tmp_path, "jsonl", ALPACA)
+    for split in ("train", "test"):
+        path = folder / "helpful-base" / f"{split}.jsonl"
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as Windows editors save UTF-8
+    pairs, metrics = parse_source(DataConfig(source="dir", dir=str(folder)), seed=0)
+    assert len(pairs["train"]) == 5 and metrics["train"]["read"] == 5 and not metrics["train"].get("dropped")

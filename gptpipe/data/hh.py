@@ -153,6 +153,7 @@ def read_jsonl(path: str | Path) -> list[Any]:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as err:
             raise DataFileError(f"{path}: corrupt gzip file ({err}); download it again") from None
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark (Windows editors): not part of the first record
     values = [_decode_line(line) for line in raw.splitlines() if line.strip()]
     if not values:
         raise DataFileError(
@@ -161,7 +162,7 @@ def read_jsonl(path: str | Path) -> list[Any]:
     if not any(isinstance(value, dict) for value in values):
         raise DataFileError(
             f"{path}: not JSON Lines (no line is a JSON object); "
-            "expected one {\"chosen\": …, \"rejected\": …} object per line"
+            "expected one JSON object per line, a record of any format data.format names (HH: {\"chosen\": …, \"rejected\": …})"
         )
     return values
 

@@ -47,6 +47,8 @@ def parse_source(cfg: DataConfig, seed: int) -> tuple[dict[str, list[Pair]], dic
     before the stage writes anything: an unusable split is a DataFileError naming its origin."""
     raw = read_source(cfg, seed)
     metrics: dict[str, Any] = {"source": cfg.source, "division": _division(cfg)}
+    if cfg.source == "hf":
+        metrics["dataset"] = cfg.hf_dataset
     if raw.carved:
         metrics["carved"] = raw.carved
     pairs_by_split, reports = {}, {}
@@ -81,8 +83,17 @@ def read_source(cfg: DataConfig, seed: int) -> RawSplits:
         return RawSplits(splits, {split: "the synthetic generator" for split in SPLITS})
     if cfg.source == "dir":
         return read_folder(Path(cfg.dir), cfg.division, cfg.split_fraction, seed)
-    origin = f"{HF_DATASET} (data_dir={cfg.division!r}) on the Hugging Face hub"
-    return RawSplits(read_hub(cfg.division), {split: origin for split in SPLITS})
+    records, origin = read_hub(cfg.division, cfg.hf_dataset)
+    if len(records) == 2:
+        return RawSplits(records, {split: origin for split in SPLITS})
+    (have,) = records  # one split (Alpaca's train alone): the other is carved from it, as from a folder
+    missing = "test" if have == "train" else "train"
+    train, test = carve(records[have], cfg.split_fraction, seed)
+    note = (f"{origin} has no {missing} split: carving {missing} from {have} (data.split_fraction={cfg.split_fraction}, "
+            f"seed {seed}: train {len(train)}, test {len(test)} records)")
+    carved = {"missing": missing, "file": origin, "from": have, "fraction": cfg.split_fraction, "seed": seed,
+              "train": len(train), "test": len(test), "note": note}
+    return RawSplits({"train": train, "test": test}, {split: origin for split in SPLITS}, carved)
 
 
 def read_folder(root: Path, division: str, split_fraction: float, seed: int) -> RawSplits:
@@ -137,32 +148,43 @@ def carve(records: list[Any], fraction: float, seed: int) -> tuple[list[Any], li
     return rest, [r for i, r in enumerate(records) if i in carved]
 
 
-def read_hub(division: str) -> dict[str, list[Any]]:
-    """HH-RLHF from the Hugging Face hub (real loading code; fails fast and plainly offline).
+def read_hub(division: str, dataset: str = HF_DATASET) -> tuple[dict[str, list[Any]], str]:
+    """A hub dataset (or a local folder datasets reads): its train and test records, or the one of them
+    it has, and where they came from. Real loading code; fails fast and plainly offline.
 
-    Without network `datasets.load_dataset` retries for ~25 s, printing a line per retry: the hub is
-    probed first (gptpipe.hub). In the hub client's offline mode (HF_HUB_OFFLINE=1) no request is
-    made: datasets reads its cache.
+    Anthropic/hh-rlhf is read at data_dir=division; another dataset whole, its splits named train and
+    test or beginning so (UltraFeedback's train_prefs, test_prefs). Without network
+    `datasets.load_dataset` retries for ~25 s, printing a line per retry: the hub is probed first
+    (gptpipe.hub). In the hub client's offline mode (HF_HUB_OFFLINE=1) no request is made: datasets
+    reads its cache. A local folder needs no hub.
     """
-    why = unreachable_reason()
+    data_dir = division if dataset == HF_DATASET else None
+    origin = f"{dataset}" + (f" (data_dir={division!r})" if data_dir else "") + (
+        "" if Path(dataset).is_absolute() else " on the Hugging Face hub")
+    why = None if Path(dataset).is_absolute() else unreachable_reason()
     if why:
-        raise _unreachable(division, why)
+        raise _unreachable(origin, division, why)
     import datasets  # heavy import, only for this source
 
     try:
-        loaded = datasets.load_dataset(HF_DATASET, data_dir=division)
+        loaded = datasets.load_dataset(dataset, data_dir=data_dir)
     except Exception as err:  # the hub client raises many types; all mean "could not fetch"
         why = f"could not load it ({type(err).__name__}: {first_line(err)})"
-        raise _unreachable(division, why) from None
-    return {split: list(loaded[split]) for split in SPLITS}
+        raise _unreachable(origin, division, why) from None
+    named = {split: next((n for n in loaded if n == split), None) or next((n for n in loaded if n.startswith(split)), None)
+             for split in SPLITS}
+    if not any(named.values()):
+        raise DataFileError(f"data.hf_dataset: {origin} has no train or test split (it has {', '.join(loaded)}); "
+                            "save the split you want as train.jsonl in a folder and use data.source=dir")
+    return {split: list(loaded[name]) for split, name in named.items() if name}, origin
 
 
-def _unreachable(division: str, why: str) -> SourceUnreachable:
+def _unreachable(origin: str, division: str, why: str) -> SourceUnreachable:
     return SourceUnreachable(
-        f"data.source=hf: {HF_DATASET} (data_dir={division!r}) from the Hugging Face hub: {why}. "
+        f"data.source=hf: {origin}: {why}. "
         "Offline, use data.source=dir with data.dir=/absolute/folder holding "
-        f"{division}/train.jsonl.gz and test.jsonl.gz, or data.source=synthetic "
-        "(or HF_HUB_OFFLINE=1 for a copy already in the Hugging Face cache)"
+        f"{division}/train.jsonl.gz and test.jsonl.gz, data.hf_dataset=/absolute/folder that datasets reads, "
+        "or data.source=synthetic (or HF_HUB_OFFLINE=1 for a copy already in the Hugging Face cache)"
     )
 
 
