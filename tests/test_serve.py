@@ -81,6 +81,10 @@ def test_a_plain_answer_is_generates_answer_to_chats_prompt(client, model):
     assert want  # the tiny model says something, so equality is not between two empties
     assert reply.choices[0].message.content == want
     assert reply.usage.completion_tokens == len(generate(model, [encode(prompt)], GREEDY, [0], 1).answers[0].ids)
+    assert reply.usage.prompt_tokens == len(encode(prompt))
+    # A conversation past the model's positions is cut from the left to leave max_tokens theirs.
+    long = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "two " * 300}], max_tokens=12)
+    assert long.usage.prompt_tokens == model.config.max_position_embeddings - 12
 
 
 def test_a_second_turn_sees_the_first_as_chat_builds_it(client, model):

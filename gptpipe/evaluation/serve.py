@@ -233,7 +233,9 @@ def create_app(model: PreTrainedModel, name: str, defaults: Sampling, limits: Li
     slots, positions = _Slots(limits), model.config.max_position_embeddings
     created = int(time.time())
 
-    async def answer(req: ChatRequest, gone: threading.Event, on_token=None) -> Answer:
+    async def answer(req: ChatRequest, gone: threading.Event, on_token=None) -> tuple[Answer, int]:
+        """The answer, and the prompt tokens the model saw (generate cuts a long prompt from the
+        left to leave max_new_tokens their positions)."""
         prompt = encode(hh_prompt(req.messages))
         turns = sum(m.role == "assistant" for m in req.messages)
         seed = prompt_seed(req.seed or 0, str(turns))  # chat's per-exchange seed
@@ -251,7 +253,8 @@ def create_app(model: PreTrainedModel, name: str, defaults: Sampling, limits: Li
                 if gone.is_set():
                     raise _Gone
                 run = lambda: generate(model, [prompt], sampling, [seed], 1, on_token=heard, tokenizer=tokenizer)  # noqa: E731
-                return (await asyncio.to_thread(run)).answers[0]
+                seen = min(len(prompt), positions - sampling.max_new_tokens)
+                return (await asyncio.to_thread(run)).answers[0], seen
         finally:
             slots.held -= 1
 
@@ -278,24 +281,18 @@ def create_app(model: PreTrainedModel, name: str, defaults: Sampling, limits: Li
             return StreamingResponse(_events(req, head, answer, tokenizer, gone), media_type="text/event-stream")
         watch = asyncio.create_task(_watch(request, gone))
         try:
-            reply = await answer(req, gone)
+            reply, seen = await answer(req, gone)
         except _Gone:
             return JSONResponse({}, 499)  # nobody is listening; the status is for the access log
         finally:
             watch.cancel()
         text, finish = until_stop(reply, req.stops)
-        usage = {"prompt_tokens": _seen(len(encode(hh_prompt(req.messages))), positions, reply), "completion_tokens": reply.tokens}
+        usage = {"prompt_tokens": seen, "completion_tokens": reply.tokens}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         return {**head, "object": "chat.completion", "usage": usage, "choices": [{
             "index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}]}
 
     return app
-
-
-def _seen(prompt_tokens: int, positions: int, reply: Answer) -> int:
-    """Prompt tokens the model saw: generate cuts a prompt from the left to leave room for the answer."""
-    room = positions - max(reply.tokens, 1)
-    return min(prompt_tokens, room) if room > 0 else prompt_tokens
 
 
 async def _watch(request: Request, gone: threading.Event) -> None:
@@ -323,7 +320,7 @@ async def _events(req: ChatRequest, head: dict, answer, tokenizer: Tokenizer, go
             if piece:
                 yield event({"content": piece})
         try:
-            reply = task.result()
+            reply, _ = task.result()
         except Exception as err:  # noqa: BLE001 (the 200 is sent: the error can only be an event now)
             yield f"data: {json.dumps({'error': {'message': f'generation failed: {err}', 'type': 'server_error'}})}\n\n"
             yield "data: [DONE]\n\n"
