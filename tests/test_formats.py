@@ -284,7 +284,7 @@ def test_the_hf_source_reads_any_dataset_through_the_one_parser(tmp_path, files)
     pairs, metrics = parse_source(cfg, seed=0)
     assert metrics["format"] == "alpaca" and metrics["dataset"] == str(tmp_path)
     if files == ("train",):
-        assert (len(pairs["train"]), len(pairs["test"])) == (15, 5) and "has no test split: carving" in metrics["carved"]["note"]
+        assert (len(pairs["train"]), len(pairs["test"])) == (15, 5) and f"{tmp_path}'s test split is missing: carving test from train" in metrics["carved"]["note"]
     else:
         assert len(pairs["train"]) == len(pairs["test"]) == 20 and "carved" not in metrics
     assert {p.chosen for p in pairs["train"]} <= {f" {i}" for i in range(20)}

@@ -88,12 +88,7 @@ def read_source(cfg: DataConfig, seed: int) -> RawSplits:
         return RawSplits(records, {split: origin for split in SPLITS})
     (have,) = records  # one split (Alpaca's train alone): the other is carved from it, as from a folder
     missing = "test" if have == "train" else "train"
-    train, test = carve(records[have], cfg.split_fraction, seed)
-    note = (f"{origin} has no {missing} split: carving {missing} from {have} (data.split_fraction={cfg.split_fraction}, "
-            f"seed {seed}: train {len(train)}, test {len(test)} records)")
-    carved = {"missing": missing, "file": origin, "from": have, "fraction": cfg.split_fraction, "seed": seed,
-              "train": len(train), "test": len(test), "note": note}
-    return RawSplits({"train": train, "test": test}, {split: origin for split in SPLITS}, carved)
+    return carve_splits(records[have], have, f"{origin}'s {missing} split", origin, have, cfg.split_fraction, seed)
 
 
 def read_folder(root: Path, division: str, split_fraction: float, seed: int) -> RawSplits:
@@ -118,24 +113,25 @@ def read_folder(root: Path, division: str, split_fraction: float, seed: int) -> 
     (have,) = present
     missing = "test" if have == "train" else "train"
     source = found[have]
-    train, test = carve(records[have], split_fraction, seed)
+    return carve_splits(records[have], have, f"{folder / missing}.jsonl(.gz)", str(source), source.name,
+                        split_fraction, seed)
+
+
+def carve_splits(records: list[Any], have: str, missing: str, origin: str, name: str, fraction: float,
+                 seed: int) -> RawSplits:
+    """Both splits from the one a folder or a dataset has (`have`, read from `origin`, called `name`
+    in the note); `missing` names what was not there."""
+    train, test = carve(records, fraction, seed)
     role = "stays test" if have == "test" else "becomes test"
+    other = "test" if have == "train" else "train"
     note = (
-        f"{folder / missing}.jsonl(.gz) is missing: carving {missing} from {source.name} "
-        f"(data.split_fraction={split_fraction} of it {role}, seed {seed}: "
+        f"{missing} is missing: carving {other} from {name} "
+        f"(data.split_fraction={fraction} of it {role}, seed {seed}: "
         f"train {len(train)}, test {len(test)} records)"
     )
-    carved = {
-        "missing": f"{folder / missing}.jsonl(.gz)",
-        "file": str(source),
-        "from": have,
-        "fraction": split_fraction,
-        "seed": seed,
-        "train": len(train),
-        "test": len(test),
-        "note": note,
-    }
-    return RawSplits({"train": train, "test": test}, {split: str(source) for split in SPLITS}, carved)
+    carved = {"missing": missing, "file": origin, "from": have, "fraction": fraction, "seed": seed,
+              "train": len(train), "test": len(test), "note": note}
+    return RawSplits({"train": train, "test": test}, {split: origin for split in SPLITS}, carved)
 
 
 def carve(records: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
